@@ -1,0 +1,128 @@
+"""Run checkpoints that load with ``torch.load(..., weights_only=True)``.
+
+A checkpoint holds everything needed to continue a run exactly: model and optimizer state, the
+AMP scaler, the state of every plugin that has ``state_dict()``/``load_state_dict()`` (replay
+buffers, STELLA's AVM and memory), the strategy clock, and the torch / CUDA / numpy / Python RNG
+states. Only tensors, numbers, strings, lists and dicts are stored, so loading never executes
+pickled code. Writes are atomic (temporary file, then rename), so a crash mid-save never leaves
+a truncated checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = ["save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state", "plugin_key"]
+
+_CLOCK_FIELDS = (
+    "train_iterations",
+    "train_exp_counter",
+    "train_exp_epochs",
+    "train_exp_iterations",
+    "train_epoch_iterations",
+    "total_iterations",
+)
+
+
+def get_rng_state() -> dict:
+    """All global RNG states as weights_only-safe objects."""
+    py = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": [py[0], torch.tensor(py[1], dtype=torch.int64), py[2]],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Inverse of :func:`get_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(int(x) for x in py[1].tolist()), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def plugin_key(index: int, plugin: Any) -> str:
+    return f"{index}:{type(plugin).__name__}"
+
+
+def _stateful_plugins(strategy) -> dict:
+    return {
+        plugin_key(i, p): p
+        for i, p in enumerate(strategy.plugins)
+        if callable(getattr(p, "state_dict", None)) and callable(getattr(p, "load_state_dict", None))
+    }
+
+
+def save_checkpoint(path: Union[str, Path], strategy, extra: Optional[dict] = None) -> Path:
+    """Save ``strategy``'s full training state (and ``extra``, weights_only-safe values) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        "format": "avalanche-av-checkpoint/1",
+        "model": strategy.model.state_dict(),
+        "optimizer": strategy.optimizer.state_dict(),
+        "scaler": strategy.scaler.state_dict() if getattr(strategy, "scaler", None) is not None else None,
+        "plugins": {k: p.state_dict() for k, p in _stateful_plugins(strategy).items()},
+        "clock": {f: int(getattr(strategy.clock, f)) for f in _CLOCK_FIELDS if hasattr(strategy.clock, f)},
+        "skipped_steps": int(getattr(strategy, "skipped_steps", 0)),
+        "rng": get_rng_state(),
+        "extra": extra or {},
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(path: Union[str, Path], strategy, restore_rng: bool = True) -> dict:
+    """Restore a state saved by :func:`save_checkpoint` into ``strategy``; returns ``extra``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not an avalanche-av checkpoint, or a stateful plugin of the
+            strategy has no saved state (the plugin lists differ).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file or pickled objects
+        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != "avalanche-av-checkpoint/1":
+        raise ValueError(f"{path} is not an avalanche-av run checkpoint")
+    strategy.model.load_state_dict(state["model"])
+    strategy.optimizer.load_state_dict(state["optimizer"])
+    if state["scaler"] is not None and getattr(strategy, "scaler", None) is not None:
+        strategy.scaler.load_state_dict(state["scaler"])
+    plugins = _stateful_plugins(strategy)
+    missing = sorted(set(plugins) - set(state["plugins"]))
+    if missing:
+        raise ValueError(f"checkpoint {path} has no state for plugin(s) {missing}; saved: {sorted(state['plugins'])}")
+    for key, plugin in plugins.items():
+        plugin.load_state_dict(state["plugins"][key])
+    for f, v in state["clock"].items():
+        setattr(strategy.clock, f, v)
+    strategy.skipped_steps = state.get("skipped_steps", 0)
+    if restore_rng:
+        set_rng_state(state["rng"])
+    return state["extra"]
