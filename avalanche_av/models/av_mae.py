@@ -424,10 +424,12 @@ class AVMAE(nn.Module):
         if audio_idx is None:
             audio_idx = self._full_idx(pa)
         else:
+            self._check_index_range(audio_idx, pa.shape[1], "audio")
             pa = gather_patches(pa, audio_idx)
         if video_idx is None:
             video_idx = self._full_idx(pv)
         else:
+            self._check_index_range(video_idx, pv.shape[1], "video")
             pv = gather_patches(pv, video_idx)
         return self.forward_patches(pa, audio_idx, pv, video_idx, mask_ratio=mask_ratio, generator=generator)
 
@@ -506,8 +508,12 @@ class AVMAE(nn.Module):
             raise ValueError(f"{name} patches must be (B, K, {pdim}), got {tuple(patches.shape)}")
         if idx.shape != patches.shape[:2]:
             raise ValueError(f"{name} indices must be (B, K)={tuple(patches.shape[:2])}, got {tuple(idx.shape)}")
-        if idx.dtype != torch.long:
-            raise ValueError(f"{name} indices must be int64, got {idx.dtype}")
+        AVMAE._check_index_range(idx, n_full, name)
+
+    @staticmethod
+    def _check_index_range(idx: torch.Tensor, n_full: int, name: str) -> None:
+        if idx.dim() != 2 or idx.dtype != torch.long:
+            raise ValueError(f"{name} indices must be a (B, K) int64 tensor, got {tuple(idx.shape)} {idx.dtype}")
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_full):
             raise ValueError(f"{name} indices must lie in [0, {n_full}), got [{int(idx.min())}, {int(idx.max())}]")
 
