@@ -128,7 +128,7 @@ def run_experiment(cfg: RunConfig) -> dict:
     plugins = make_plugins(cfg.strategy, mem_size=cfg.mem_size, batch_size=cfg.batch_size, **cfg.strategy_options)
     evaluator = av_evaluator(loggers=_loggers(cfg, out), ks=cfg.ks, n_tasks=len(bench.train_stream))
     strategy = AVPretraining(
-        model,
+        model=model,
         optimizer=default_optimizer(model, lr=cfg.lr),
         train_mb_size=cfg.batch_size,
         train_epochs=cfg.epochs,

@@ -111,6 +111,10 @@ def load_checkpoint(path: Union[str, Path], strategy, restore_rng: bool = True) 
     if not isinstance(state, dict) or state.get("format") != "avalanche-av-checkpoint/1":
         raise ValueError(f"{path} is not an avalanche-av run checkpoint")
     strategy.model.load_state_dict(state["model"])
+    for plugin in strategy.plugins:
+        # plugins owning parameters (STELLA's AVM) register their optimizer group first
+        if callable(getattr(plugin, "prepare_for_load", None)):
+            plugin.prepare_for_load(strategy)
     strategy.optimizer.load_state_dict(state["optimizer"])
     if state["scaler"] is not None and getattr(strategy, "scaler", None) is not None:
         strategy.scaler.load_state_dict(state["scaler"])

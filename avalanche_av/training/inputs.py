@@ -9,7 +9,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "prepare_audio", "prepare_video", "PatchBatch"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "prepare_audio",
+    "prepare_video",
+    "normalize_video_patches",
+    "to_uint8_frames",
+    "PatchBatch",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -68,3 +76,23 @@ class PatchBatch:
             torch.cat([p.video_patches for p in parts]),
             torch.cat([p.video_idx for p in parts]),
         )
+
+
+def normalize_video_patches(patches: torch.Tensor) -> torch.Tensor:
+    """Raw video patches ``(B, K, p*p*3)`` (uint8, or float in [0, 1]; channel last, the
+    :func:`~avalanche_av.models.patching.patchify_video` layout) -> ImageNet-normalised float32."""
+    x = patches.float()
+    if patches.dtype == torch.uint8:
+        x = x / 255.0
+    b, k, pdim = x.shape
+    x = x.view(b, k, pdim // 3, 3)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device)
+    std = torch.tensor(IMAGENET_STD, device=x.device)
+    return ((x - mean) / std).view(b, k, pdim)
+
+
+def to_uint8_frames(video: torch.Tensor) -> torch.Tensor:
+    """Frames as stored in memories: uint8 stays, float in [0, 1] is quantised to uint8."""
+    if video.dtype == torch.uint8:
+        return video
+    return (video.float().clamp(0, 1) * 255.0).round().to(torch.uint8)

@@ -52,11 +52,40 @@ def _finetune(**_) -> List[BasePlugin]:
 
 
 @register_strategy("er")
-def _er(mem_size: int, batch_size: int, **_) -> List[BasePlugin]:
-    # Avalanche's own replay: reservoir buffer updated after each experience, memory batch
-    # concatenated to every current batch.
+def _er(mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
+    """ER on the task-free online reservoir shared with DER++ and STELLA."""
+    from .plugins import OnlineReplayPlugin
+
+    return [OnlineReplayPlugin(mem_size=mem_size, batch_size_mem=batch_size, **options)]
+
+
+@register_strategy("der++")
+def _derpp(mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
+    from .plugins import DERPlugin
+
+    return [DERPlugin(mem_size=mem_size, batch_size_mem=batch_size, **options)]
+
+
+@register_strategy("stella")
+def _stella(mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
+    from .plugins import StellaPlugin
+
+    return [StellaPlugin(mem_size=mem_size, batch_size_mem=batch_size, **options)]
+
+
+@register_strategy("stella+")
+def _stella_plus(mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
+    from .plugins import StellaPlugin
+
+    return [StellaPlugin(mem_size=mem_size, batch_size_mem=batch_size, store_patches=True, **options)]
+
+
+@register_strategy("er_exp")
+def _er_exp(mem_size: int, batch_size: int, **_) -> List[BasePlugin]:
+    """Avalanche's own ``ReplayPlugin`` + ``ReservoirSamplingBuffer``: memory updated after each
+    experience (not task-free), memory batch concatenated to every current batch."""
     if mem_size < 1:
-        raise ValueError("strategy 'er' needs mem_size >= 1")
+        raise ValueError("strategy 'er_exp' needs mem_size >= 1")
     return [
         ReplayPlugin(
             mem_size=mem_size,

@@ -72,6 +72,7 @@ class AVPretraining(SupervisedTemplate):
 
     def __init__(
         self,
+        *,
         model: torch.nn.Module,
         optimizer: Optional[torch.optim.Optimizer] = None,
         train_mb_size: int = 32,
