@@ -1,0 +1,37 @@
+"""Evaluation for continual audio-video pre-training: zero-shot retrieval, A / F, modality gap, plots."""
+
+from avalanche_av.evaluation.functional import (
+    average_accuracy,
+    class_recall_at_k,
+    forgetting,
+    forgetting_paper,
+    modality_gap,
+    recall_at_k,
+    similarity,
+)
+from avalanche_av.evaluation.metrics import (
+    RetrievalMetrics,
+    av_evaluator,
+    get_retrieval_metrics,
+)
+from avalanche_av.evaluation.plots import (
+    plot_accuracy_matrix,
+    plot_metric_curves,
+    save_accuracy_matrix_png,
+)
+
+__all__ = [
+    "similarity",
+    "recall_at_k",
+    "class_recall_at_k",
+    "average_accuracy",
+    "forgetting",
+    "forgetting_paper",
+    "modality_gap",
+    "RetrievalMetrics",
+    "av_evaluator",
+    "get_retrieval_metrics",
+    "plot_accuracy_matrix",
+    "plot_metric_curves",
+    "save_accuracy_matrix_png",
+]

@@ -210,8 +210,8 @@ class StellaPlugin(SupervisedPlugin):
                 imp_v = sel.mats_scores(pv, c.n_frames)
                 imp_a = torch.ones(b, c.num_audio_patches, device=audio.device)
             elif self.use_importance and self.selection == "stella":
-                imp_v = sel.importance(score.attn_logits_av.float(), self.beta)
-                imp_a = sel.importance(score.attn_logits_va.float(), self.beta)
+                imp_v = sel.importance(score.attn_logits_av, self.beta)
+                imp_a = sel.importance(score.attn_logits_va, self.beta)
             else:
                 imp_v = torch.ones(b, c.num_video_patches, device=audio.device)
                 imp_a = torch.ones(b, c.num_audio_patches, device=audio.device)

@@ -1,0 +1,179 @@
+"""Plots of continual-retrieval results (accuracy-matrix heatmaps and per-task curves).
+
+Figures are built with :class:`matplotlib.figure.Figure` on an Agg canvas, never through
+``pyplot``: nothing is displayed, no global figure state is kept, and it works on headless
+machines whatever backend is configured.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Mapping, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+__all__ = ["plot_accuracy_matrix", "save_accuracy_matrix_png", "plot_metric_curves"]
+
+ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
+
+
+def _as_2d(matrix: ArrayLike, name: str = "matrix") -> np.ndarray:
+    if isinstance(matrix, torch.Tensor):
+        matrix = matrix.detach().cpu().numpy()
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows: checkpoints, cols: tasks), got shape {m.shape}")
+    return m
+
+
+def _new_figure(figsize: tuple[float, float]) -> Figure:
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def plot_accuracy_matrix(
+    matrix: ArrayLike,
+    task_names: Optional[Sequence[str]] = None,
+    title: str = "Accuracy matrix",
+    ax: Optional[Axes] = None,
+    row_names: Optional[Sequence[str]] = None,
+    fmt: str = "{:.2f}",
+    cmap: str = "viridis",
+    vmin: Optional[float] = None,
+    vmax: Optional[float] = None,
+    colorbar: bool = True,
+) -> Figure:
+    """Heatmap of an accuracy matrix with each value written in its cell.
+
+    Args:
+        matrix: ``(R, C)`` scores; row ``t`` = after training experience ``t``, column ``i`` = task
+            ``i``. ``NaN`` cells stay blank.
+        task_names: ``C`` column labels; default ``T0 .. T{C-1}``.
+        title: axes title.
+        ax: draw into this axes instead of a new figure.
+        row_names: ``R`` row labels; default ``after T0 ..``.
+        fmt: format string for the cell numbers.
+        cmap, vmin, vmax: colour mapping; the range defaults to the finite values' range.
+        colorbar: add a colour bar.
+
+    Returns:
+        The figure holding the axes.
+    """
+    m = _as_2d(matrix)
+    n_rows, n_cols = m.shape
+    if task_names is not None and len(task_names) != n_cols:
+        raise ValueError(f"task_names has {len(task_names)} entries but the matrix has {n_cols} columns")
+    if row_names is not None and len(row_names) != n_rows:
+        raise ValueError(f"row_names has {len(row_names)} entries but the matrix has {n_rows} rows")
+    task_names = list(task_names) if task_names is not None else [f"T{i}" for i in range(n_cols)]
+    row_names = list(row_names) if row_names is not None else [f"after T{t}" for t in range(n_rows)]
+
+    if ax is None:
+        fig = _new_figure((1.2 + 0.8 * max(n_cols, 1), 1.0 + 0.6 * max(n_rows, 1)))
+        ax = fig.add_subplot(1, 1, 1)
+    else:
+        fig = ax.figure
+
+    finite = m[np.isfinite(m)]
+    lo = vmin if vmin is not None else (float(finite.min()) if finite.size else 0.0)
+    hi = vmax if vmax is not None else (float(finite.max()) if finite.size else 1.0)
+    if hi <= lo:
+        hi = lo + 1e-6
+    image = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, vmin=lo, vmax=hi, aspect="auto")
+    ax.set_xticks(range(n_cols))
+    ax.set_xticklabels(task_names, rotation=45 if n_cols > 6 else 0, ha="right" if n_cols > 6 else "center")
+    ax.set_yticks(range(n_rows))
+    ax.set_yticklabels(row_names)
+    ax.set_xlabel("evaluated task")
+    ax.set_ylabel("checkpoint")
+    ax.set_title(title)
+
+    # Dark text on the bright end of the colormap, light text on the dark end.
+    mid = (lo + hi) / 2.0
+    for r in range(n_rows):
+        for c in range(n_cols):
+            v = m[r, c]
+            if math.isfinite(v):
+                ax.text(c, r, fmt.format(v), ha="center", va="center", fontsize=8,
+                        color="black" if v > mid else "white")
+    if colorbar:
+        fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    return fig
+
+
+def save_accuracy_matrix_png(path: Union[str, Path], matrix: ArrayLike, dpi: int = 120, **kw) -> Path:
+    """Draw :func:`plot_accuracy_matrix` and write it to ``path`` as PNG.
+
+    Args:
+        path: output file; parent folders are created.
+        matrix: ``(R, C)`` scores.
+        dpi: resolution.
+        **kw: forwarded to :func:`plot_accuracy_matrix` (not ``ax``).
+
+    Returns:
+        The path written.
+    """
+    if "ax" in kw:
+        raise ValueError("save_accuracy_matrix_png draws its own figure; do not pass ax")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig = plot_accuracy_matrix(matrix, **kw)
+    fig.savefig(path, format="png", dpi=dpi)
+    return path
+
+
+def plot_metric_curves(
+    curves: Union[ArrayLike, Mapping[str, Sequence[float]]],
+    x: Optional[Sequence[float]] = None,
+    task_names: Optional[Sequence[str]] = None,
+    title: str = "",
+    xlabel: str = "training experience",
+    ylabel: str = "R@k",
+    ax: Optional[Axes] = None,
+) -> Figure:
+    """Line plot of metric curves, e.g. each task's score over the checkpoints.
+
+    Args:
+        curves: either an ``(R, C)`` accuracy matrix (one line per column ``i`` over the rows), or a
+            mapping ``name -> values``. ``NaN`` points are skipped by matplotlib.
+        x: x positions (length ``R``); default ``0 .. R-1``.
+        task_names: line labels for the matrix form; default ``T0 ..``.
+        title, xlabel, ylabel: axes labels.
+        ax: draw into this axes instead of a new figure.
+
+    Returns:
+        The figure holding the axes.
+    """
+    if isinstance(curves, Mapping):
+        series = {str(k): np.asarray(v, dtype=np.float64).reshape(-1) for k, v in curves.items()}
+    else:
+        m = _as_2d(curves, "curves")
+        names = list(task_names) if task_names is not None else [f"T{i}" for i in range(m.shape[1])]
+        if len(names) != m.shape[1]:
+            raise ValueError(f"task_names has {len(names)} entries but curves has {m.shape[1]} columns")
+        series = {names[i]: m[:, i] for i in range(m.shape[1])}
+    if ax is None:
+        fig = _new_figure((6.0, 4.0))
+        ax = fig.add_subplot(1, 1, 1)
+    else:
+        fig = ax.figure
+    for name, ys in series.items():
+        xs = np.arange(len(ys)) if x is None else np.asarray(x, dtype=np.float64)
+        if len(xs) != len(ys):
+            raise ValueError(f"curve {name!r} has {len(ys)} points but x has {len(xs)}")
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    if series:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
