@@ -128,6 +128,21 @@ def _stream_name(experience: Any) -> str:
     return str(name) if name is not None else "test"
 
 
+def _plain(x: Any) -> Any:
+    """Recursively turn numpy scalars/arrays and tuples into plain Python containers."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, torch.Tensor):
+        return x.tolist()
+    return x
+
+
 def _nan_to_none(x: float) -> Optional[float]:
     return None if x is None or not math.isfinite(x) else float(x)
 
@@ -215,6 +230,19 @@ class RetrievalMetrics(PluginMetric[Dict[str, float]]):
 
     def __str__(self) -> str:
         return self.name
+
+    # Checkpointing: plain containers only, so run checkpoints load with weights_only=True.
+    _STATE_FIELDS = ("_n_trained", "_rows", "_max_task", "_last_eval", "_last_stream", "history", "_last_values")
+
+    def state_dict(self) -> Dict[str, Any]:
+        """Matrices, history and counters (no per-eval buffers) as plain Python containers."""
+        return {f: _plain(getattr(self, f)) for f in self._STATE_FIELDS}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (e.g. when resuming a run)."""
+        self.reset()
+        for f in self._STATE_FIELDS:
+            setattr(self, f, state[f])
 
     @property
     def n_trained(self) -> int:

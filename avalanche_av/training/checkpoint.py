@@ -116,6 +116,10 @@ def load_checkpoint(path: Union[str, Path], strategy, restore_rng: bool = True) 
         if callable(getattr(plugin, "prepare_for_load", None)):
             plugin.prepare_for_load(strategy)
     strategy.optimizer.load_state_dict(state["optimizer"])
+    # Tell Avalanche the optimizer is already built: otherwise its first make_optimizer()
+    # call resets the state (Adam moments) we just restored.
+    if hasattr(strategy, "optimized_param_id"):
+        strategy.optimized_param_id = dict(strategy.model.named_parameters())
     if state["scaler"] is not None and getattr(strategy, "scaler", None) is not None:
         strategy.scaler.load_state_dict(state["scaler"])
     plugins = _stateful_plugins(strategy)

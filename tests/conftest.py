@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny synthetic stream and tiny-model strategies (CPU, seconds)."""
+import warnings
+
+import pytest
+import torch
+
+warnings.filterwarnings("ignore", message="no QP solver found")
+warnings.filterwarnings("ignore", message="No loggers specified")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def tiny_stream():
+    """2 tasks x 2 classes, 8 training and 4 retrieval clips per class, tiny-model shapes."""
+    from avalanche_av.benchmarks import sounding_objects
+
+    return sounding_objects(seed=0, n_tasks=2, classes_per_task=2, train_clips_per_class=8, eval_clips_per_class=4)
+
+
+def make_strategy(plugins=(), mb=8, epochs=1, seed=0, **kw):
+    from avalanche_av.evaluation import av_evaluator
+    from avalanche_av.models import create_model
+    from avalanche_av.training import AVPretraining, default_optimizer
+
+    torch.manual_seed(seed)
+    model = create_model("tiny")
+    return AVPretraining(
+        model=model,
+        optimizer=default_optimizer(model, lr=1e-3),
+        train_mb_size=mb,
+        train_epochs=epochs,
+        eval_mb_size=16,
+        device="cpu",
+        plugins=list(plugins),
+        evaluator=av_evaluator(loggers=[]),
+        **kw,
+    )
