@@ -28,8 +28,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="continual pre-training + retrieval evaluation (the main job)")
+    c = sub.add_parser("compare", help="run several strategies over several seeds; table of A/F mean ± std")
     r.add_argument("--strategy", default=d.strategy, help="method: %(default)s by default; see --list-strategies")
     r.add_argument("--list-strategies", action="store_true", help="print the available strategies and exit")
+    c.add_argument("--strategies", default="finetune,er,der++,stella,stella+", help="comma-separated (default %(default)s)")
+    c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default %(default)s)")
+    _add_common(r, d)
+    _add_common(c, d, out_default="av_runs/compare")
+    return p
+
+
+def _add_common(r: argparse.ArgumentParser, d, out_default: Optional[str] = None) -> None:
     r.add_argument("--model", default=d.model, help="model preset (tiny, base, cav_mae_base); default %(default)s")
     r.add_argument("--benchmark", default=d.benchmark, help="stream; default %(default)s")
     r.add_argument("--data-root", default=None, help="dataset root for real benchmarks")
@@ -46,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ...; default: cuda if available")
     r.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"])
     r.add_argument("--num-workers", type=int, default=d.num_workers)
-    r.add_argument("--out", dest="out_dir", default=d.out_dir, help="output folder (default %(default)s)")
+    r.add_argument("--out", dest="out_dir", default=out_default or d.out_dir, help="output folder (default %(default)s)")
     r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
     r.add_argument("--tensorboard", action="store_true", help="also log to OUT/tb")
     r.add_argument("--no-csv", dest="csv_log", action="store_false", help="no CSV logs")
@@ -55,7 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--option", action="append", default=[], metavar="KEY=VALUE",
         help="strategy option, e.g. --option alpha=0.5 (repeatable; values parsed as Python literals)",
     )
-    return p
 
 
 def _parse_options(items: Sequence[str]) -> dict:
@@ -73,20 +81,51 @@ def _parse_options(items: Sequence[str]) -> dict:
     return out
 
 
+def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
+    from .experiment import RunConfig
+    from .training import list_strategies
+
+    for s in strategies:
+        if s not in list_strategies():
+            raise ValueError(f"unknown strategy {s!r}; allowed: {list_strategies()}")
+    for name in ("epochs", "batch_size", "eval_batch_size", "n_tasks", "classes_per_task", "train_clips_per_class"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    skip = ("command", "list_strategies", "option", "strategies", "seeds")
+    fields = {k: v for k, v in vars(args).items() if k not in skip}
+    fields.setdefault("strategy", strategies[0])
+    return RunConfig(**fields, strategy_options=_parse_options(args.option))
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from .experiment import compare_strategies
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    if not strategies or not seeds:
+        raise ValueError("need at least one strategy and one seed")
+    cfg = _config_from_args(args, strategies)
+    table = compare_strategies(cfg, strategies, seeds, ks=cfg.ks)
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(f"\n== Comparison over seeds {seeds} (mean ± std), {cfg.benchmark}, {cfg.model} ==")
+        print(table.to_string())
+    print(f"\nWrote {cfg.out_dir}/compare.csv and one folder per strategy and seed")
+    return 0
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .experiment import RunConfig, run_experiment
+    from .experiment import run_experiment
     from .training import list_strategies
 
     if args.list_strategies:
         print("\n".join(list_strategies()))
         return 0
-    if args.strategy not in list_strategies():
-        raise ValueError(f"unknown strategy {args.strategy!r}; allowed: {list_strategies()}")
-    for name in ("epochs", "batch_size", "eval_batch_size", "n_tasks", "classes_per_task", "train_clips_per_class"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    fields = {k: v for k, v in vars(args).items() if k not in ("command", "list_strategies", "option")}
-    cfg = RunConfig(**fields, strategy_options=_parse_options(args.option))
+    cfg = _config_from_args(args, [args.strategy])
     summary = run_experiment(cfg)
     import pandas as pd
 
@@ -105,6 +144,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "run":
             return _cmd_run(args)
+        if args.command == "compare":
+            return _cmd_compare(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"avalanche-av: error: {exc}", file=sys.stderr)
         return 2

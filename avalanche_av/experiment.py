@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-__all__ = ["RunConfig", "run_experiment", "results_table", "build_benchmark"]
+__all__ = ["RunConfig", "run_experiment", "results_table", "build_benchmark", "compare_strategies"]
 
 
 @dataclass
@@ -212,3 +212,32 @@ def results_table(retrieval, ks=(1, 5, 10)) -> pd.DataFrame:
             row["F_paper"] = retrieval.summary_metric("F_paper", direction=d, k=k)
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def compare_strategies(base: RunConfig, strategies: list[str], seeds: list[int], ks=(1, 5, 10)) -> pd.DataFrame:
+    """Run every strategy over every seed (same data, same settings) and aggregate A and F.
+
+    Each run writes into ``<base.out_dir>/<strategy>/seed<k>``. Returns one row per strategy with
+    the mean and std over seeds of A, F and F_paper for every R@K and direction; also written to
+    ``<base.out_dir>/compare.csv``.
+    """
+    records = []
+    for strategy in strategies:
+        for seed in seeds:
+            cfg = dataclasses.replace(base, strategy=strategy, seed=seed,
+                                      out_dir=str(Path(base.out_dir) / strategy.replace("+", "plus") / f"seed{seed}"))
+            summary = run_experiment(cfg)
+            for _, row in summary["table"].iterrows():
+                for which in ("A", "F", "F_paper"):
+                    records.append({"strategy": strategy, "seed": seed, "metric": f"{which} {row['metric']}",
+                                    "value": row[which]})
+    df = pd.DataFrame(records)
+    agg = df.groupby(["strategy", "metric"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
+    wide = agg.pivot(index="strategy", columns="metric", values="mean").reindex(strategies)
+    std = agg.pivot(index="strategy", columns="metric", values="std").reindex(strategies)
+    out = Path(base.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    agg.to_csv(out / "compare.csv", index=False)
+    table = wide.round(3).astype(str) + " ± " + std.fillna(0).round(3).astype(str)
+    cols = [c for k in ks for c in (f"A R@{k} a2v", f"F R@{k} a2v", f"A R@{k} v2a", f"F R@{k} v2a") if c in table]
+    return table[cols]

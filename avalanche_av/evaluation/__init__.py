@@ -9,6 +9,12 @@ from avalanche_av.evaluation.functional import (
     recall_at_k,
     similarity,
 )
+from avalanche_av.evaluation.localization import (
+    avm_importance,
+    avm_match_accuracy,
+    importance_share,
+    plot_attention_map,
+)
 from avalanche_av.evaluation.metrics import (
     RetrievalMetrics,
     av_evaluator,
@@ -34,4 +40,8 @@ __all__ = [
     "plot_accuracy_matrix",
     "plot_metric_curves",
     "save_accuracy_matrix_png",
+    "avm_importance",
+    "avm_match_accuracy",
+    "importance_share",
+    "plot_attention_map",
 ]
