@@ -35,6 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default %(default)s)")
     _add_common(r, d)
     _add_common(c, d, out_default="av_runs/compare")
+    from .benchmarks.real.cli import add_prepare_parser, add_stats_parser
+
+    add_prepare_parser(sub)
+    add_stats_parser(sub)
     return p
 
 
@@ -146,6 +150,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _cmd_run(args)
         if args.command == "compare":
             return _cmd_compare(args)
+        if args.command == "prepare":
+            from .benchmarks.real.cli import run_prepare
+
+            return run_prepare(args)
+        if args.command == "stats":
+            from .benchmarks.real.cli import run_stats
+
+            return run_stats(args)
     except (ValueError, FileNotFoundError) as exc:
         print(f"avalanche-av: error: {exc}", file=sys.stderr)
         return 2

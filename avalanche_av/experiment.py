@@ -82,7 +82,12 @@ def build_benchmark(cfg: RunConfig):
             train_clips_per_class=cfg.train_clips_per_class,
             eval_clips_per_class=cfg.eval_clips_per_class,
         )
-    raise ValueError(f"unknown benchmark {cfg.benchmark!r}; allowed: ['synthetic']")
+    if cfg.benchmark.startswith("continual-"):
+        from .benchmarks.real.cli import benchmark_from_run_config
+
+        return benchmark_from_run_config(cfg)
+    allowed = ["synthetic", "continual-vs", "continual-vs-shuffled", "continual-as", "continual-as-shuffled"]
+    raise ValueError(f"unknown benchmark {cfg.benchmark!r}; allowed: {allowed}")
 
 
 def _model_for(cfg: RunConfig, bench) -> torch.nn.Module:

@@ -279,11 +279,12 @@ class AVMAE(nn.Module):
 
     # ------------------------------------------------------------------ construction helpers
     def _audio_pos(self, dim: int) -> torch.Tensor:
-        return sincos_pos_embed_2d(dim, self.config.n_time, self.config.n_freq)  # (Na, dim)
+        # time fills the first half, as in CAV-MAE's table on the (freq, time) image
+        return sincos_pos_embed_2d(dim, self.config.n_time, self.config.n_freq, first="row")  # (Na, dim)
 
     def _video_pos(self, dim: int) -> torch.Tensor:
         c = self.config
-        frame = sincos_pos_embed_2d(dim, c.grid, c.grid)  # (g*g, dim)
+        frame = sincos_pos_embed_2d(dim, c.grid, c.grid, first="col")  # (g*g, dim), MAE's convention
         pos = frame.repeat(c.n_frames, 1)  # (Nv, dim), frame-major like the patch order
         if c.frame_pos_embed:
             t = torch.from_numpy(sincos_pos_embed_1d(dim, torch.arange(c.n_frames).numpy())).float()

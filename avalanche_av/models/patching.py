@@ -78,19 +78,23 @@ def sincos_pos_embed_1d(dim: int, positions: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
 
-def sincos_pos_embed_2d(dim: int, rows: int, cols: int) -> torch.Tensor:
+def sincos_pos_embed_2d(dim: int, rows: int, cols: int, first: str = "row") -> torch.Tensor:
     """2-D sin-cos embedding for a ``rows x cols`` grid, row-major -> ``(rows*cols, dim)`` float32.
 
-    Half of the channels encode the row, half the column (MAE's construction).
+    Half of the channels encode the row, half the column. ``first`` says which coordinate fills
+    the first half. MAE (and CAV-MAE's video table) puts the column first; CAV-MAE's audio table,
+    built on the (freq, time) image, puts time first, which is our *row* in the time-major layout.
+    Matching both keeps released weights' fixed tables identical to ours.
     """
     if dim % 4:
         raise ValueError(f"2-D sin-cos embedding needs dim divisible by 4, got {dim}")
+    if first not in ("row", "col"):
+        raise ValueError(f"first must be 'row' or 'col', got {first!r}")
     r, c = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
-    emb = np.concatenate(
-        [sincos_pos_embed_1d(dim // 2, r.reshape(-1)), sincos_pos_embed_1d(dim // 2, c.reshape(-1))],
-        axis=1,
-    )
-    return torch.from_numpy(emb).float()
+    halves = [sincos_pos_embed_1d(dim // 2, r.reshape(-1)), sincos_pos_embed_1d(dim // 2, c.reshape(-1))]
+    if first == "col":
+        halves.reverse()
+    return torch.from_numpy(np.concatenate(halves, axis=1)).float()
 
 
 def gather_patches(patches: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
