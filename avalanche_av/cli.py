@@ -144,6 +144,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _silence_third_party()
+    # Progress and metric lines should reach a log file as they happen, not in 8 KB blocks.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(line_buffering=True)
+            except (ValueError, OSError):  # pragma: no cover - e.g. a detached stream
+                pass
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
