@@ -195,8 +195,13 @@ class StellaPlugin(SupervisedPlugin):
             a_tok, v_tok = model.encode_modalities(pa, full_a, pv, full_v)
             fa, fv = model.fuse(a_tok, v_tok)
             perm, is_match = make_avm_pairs(b)
+            # Fusion is per sample, so matched rows of the AVM batch equal (fa, fv): only the
+            # deranged rows go through the shared blocks again. Indices come from CPU (no sync).
+            neg = torch.nonzero(is_match == 0).squeeze(1).to(strategy.device)
             perm, is_match = perm.to(strategy.device), is_match.to(strategy.device)
-            fa_n, fv_n = model.fuse(a_tok, v_tok[perm])
+            fa_n, fv_n = fa.clone(), fv.clone()
+            if neg.numel():
+                fa_n[neg], fv_n[neg] = model.fuse(a_tok[neg], v_tok[perm[neg]])
         with strategy.autocast():
             train_out = self.avm(fa_n.detach(), fv_n.detach(), return_attn=False)
             loss_avm = avm_loss(train_out.logit.float(), is_match)
