@@ -21,7 +21,19 @@ from avalanche.training.plugins import SupervisedPlugin
 from ..inputs import to_uint8_frames
 from ..storage_policy import OnlineReservoirBuffer
 
-__all__ = ["OnlineReplayPlugin", "DERPlugin"]
+__all__ = ["OnlineReplayPlugin", "DERPlugin", "embedding_penalty"]
+
+
+def embedding_penalty(
+    pooled_a: torch.Tensor, pooled_v: torch.Tensor, stored_a: torch.Tensor, stored_v: torch.Tensor
+) -> torch.Tensor:
+    """DER-style penalty ``MSE(z_a, ẑ_a) + MSE(z_v, ẑ_v)`` on pooled unimodal embeddings.
+
+    Args:
+        pooled_a, pooled_v: ``(M, D)`` current pooled embeddings of the memory samples.
+        stored_a, stored_v: ``(M, D)`` the ones stored at insertion (any float dtype).
+    """
+    return F.mse_loss(pooled_a.float(), stored_a.float()) + F.mse_loss(pooled_v.float(), stored_v.float())
 
 
 class OnlineReplayPlugin(SupervisedPlugin):
@@ -117,9 +129,7 @@ class DERPlugin(OnlineReplayPlugin):
         if self.mem_batch is None:
             return
         out, n = strategy.mb_output, self.n_current
-        pen = F.mse_loss(out.pooled_a[n:].float(), self.mem_batch["pooled_a"].float()) + F.mse_loss(
-            out.pooled_v[n:].float(), self.mem_batch["pooled_v"].float()
-        )
+        pen = embedding_penalty(out.pooled_a[n:], out.pooled_v[n:], self.mem_batch["pooled_a"], self.mem_batch["pooled_v"])
         self.last_penalty = pen.detach()  # a tensor: no device sync on the hot path
         strategy.loss = strategy.loss + self.alpha * pen
 

@@ -31,14 +31,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from avalanche.training.plugins import SupervisedPlugin
 
 from ...models.avm import AVMatching, avm_loss, make_avm_pairs
 from ...models.patching import gather_patches, patchify_video
 from .. import selection as sel
-from ..inputs import PatchBatch, normalize_video_patches, to_uint8_frames
+from ..inputs import PatchBatch, normalize_video_patches, prepare_video, to_uint8_frames
 from ..storage_policy import StellaBuffer
+from .replay import embedding_penalty
 
 __all__ = ["StellaPlugin", "StellaStepStats"]
 
@@ -274,11 +274,7 @@ class StellaPlugin(SupervisedPlugin):
                 mem["patches_a"].float(), mem["idx_a"].long(),
                 normalize_video_patches(mem["patches_v"]), mem["idx_v"].long(),
             )
-        audio = mem["audio"].float()
-        video = mem["video"]
-        from ..inputs import prepare_video
-
-        pa, pv = model.patchify(audio, prepare_video(video))
+        pa, pv = model.patchify(mem["audio"].float(), prepare_video(mem["video"]))
         # Stored (stale) scores, fresh Bernoulli and multinomial draws.
         excl_a = sel.bernoulli_exclusion(mem["excl_a"].float())
         excl_v = sel.bernoulli_exclusion(mem["excl_v"].float())
@@ -293,9 +289,7 @@ class StellaPlugin(SupervisedPlugin):
         mem = s["mem"]
         if mem is not None:
             out, b = strategy.mb_output, s["b"]
-            pen = F.mse_loss(out.pooled_a[b:].float(), mem["pooled_a"].float()) + F.mse_loss(
-                out.pooled_v[b:].float(), mem["pooled_v"].float()
-            )
+            pen = embedding_penalty(out.pooled_a[b:], out.pooled_v[b:], mem["pooled_a"], mem["pooled_v"])
             loss = loss + self.alpha * pen
             self.last_stats.penalty = pen.detach()
         strategy.loss = strategy.loss + loss
