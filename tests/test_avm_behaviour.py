@@ -10,7 +10,7 @@ import torch
 from avalanche_av.benchmarks import sounding_objects
 from avalanche_av.evaluation import avm_importance, avm_match_accuracy, importance_share
 from avalanche_av.models import AVMatching, avm_loss, create_model, make_avm_pairs
-from avalanche_av.training.inputs import prepare_audio, prepare_video
+from avalanche_av.models.inputs import prepare_audio, prepare_video
 
 
 def _stack(ds):

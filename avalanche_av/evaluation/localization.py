@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from ..models.avm import AVMatching, derangement
-from ..training.inputs import prepare_audio, prepare_video
+from ..models.inputs import prepare_audio, prepare_video
 from ..training.selection import importance
 
 __all__ = ["avm_importance", "importance_share", "avm_match_accuracy", "plot_attention_map"]

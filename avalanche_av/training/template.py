@@ -7,7 +7,7 @@ task labels are not required. Plugins see the usual hooks plus a few extra attri
 * ``strategy.mb_audio`` ``(B, T, F)`` float32 fbank, ``strategy.mb_video`` ``(B, n, 3, H, W)``
   ImageNet-normalised float32 (both computed from the compact ``mbatch`` on access),
   ``strategy.mb_y`` class targets (evaluation only), ``strategy.mb_clip_id``.
-* ``strategy.mb_patches``: a plugin may set a :class:`~avalanche_av.training.inputs.PatchBatch` in
+* ``strategy.mb_patches``: a plugin may set a :class:`~avalanche_av.models.inputs.PatchBatch` in
   ``before_forward``; the template then trains on those patch subsets (STELLA does this).
 * ``strategy.mb_output``: the :class:`~avalanche_av.models.AVMAEOutput`; in evaluation it also
   carries ``emb_a_unmasked``/``emb_v_unmasked`` (retrieval embeddings).
@@ -27,7 +27,7 @@ from avalanche.core import BasePlugin
 from avalanche.training.plugins.evaluation import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 
-from .inputs import PatchBatch, prepare_audio, prepare_video
+from ..models.inputs import PatchBatch, prepare_audio, prepare_video
 
 __all__ = ["AVPretraining", "default_optimizer", "NonFiniteLossError"]
 

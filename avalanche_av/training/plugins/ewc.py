@@ -14,7 +14,7 @@ from avalanche.training.plugins import EWCPlugin
 from avalanche.training.utils import ParamData, zerolike_params_dict
 from torch.utils.data import DataLoader
 
-from ..inputs import prepare_audio, prepare_video
+from ...models.inputs import prepare_audio, prepare_video
 
 __all__ = ["SSLEWCPlugin"]
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from avalanche.training.plugins import SupervisedPlugin
 
-from ..inputs import to_uint8_frames
+from ...models.inputs import to_uint8_frames
 from ..storage_policy import OnlineReservoirBuffer
 
 __all__ = ["OnlineReplayPlugin", "DERPlugin", "embedding_penalty"]

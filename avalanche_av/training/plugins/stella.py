@@ -14,7 +14,7 @@ Per training iteration (paper Algorithms 2-3, SPEC §3):
 5. Select κ_v video patches (multinomial; top-κ on the very first step) and κ_a audio patches
    (time chunks, Algorithm 1) for the current samples; memory samples are re-selected from their
    **stored** scores with fresh draws (STELLA) or replayed as stored patches (STELLA+).
-6. Rewrite the minibatch into a :class:`~avalanche_av.training.inputs.PatchBatch` of
+6. Rewrite the minibatch into a :class:`~avalanche_av.models.inputs.PatchBatch` of
    ``[current; memory]``; the template's MAE + InfoNCE then runs inside the selection.
 7. Add ``α·ℓ_p`` (MSE between stored and current pooled embeddings of memory samples, per
    modality) and ``ℓ_avm`` to the loss.
@@ -36,7 +36,7 @@ from avalanche.training.plugins import SupervisedPlugin
 from ...models.avm import AVMatching, avm_loss, make_avm_pairs
 from ...models.patching import gather_patches, patchify_video
 from .. import selection as sel
-from ..inputs import PatchBatch, normalize_video_patches, prepare_video, to_uint8_frames
+from ...models.inputs import PatchBatch, normalize_video_patches, prepare_video, to_uint8_frames
 from ..storage_policy import StellaBuffer
 from .replay import embedding_penalty
 
