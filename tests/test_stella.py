@@ -80,14 +80,14 @@ class _Probe(SupervisedPlugin):
         self.patches.append(strategy.mb_patches)
         bb = [p for p in model.parameters() if p.requires_grad]
         g_avm_on_backbone = torch.autograd.grad(
-            self.stella._step["loss_avm"], bb, retain_graph=True, allow_unused=True
+            self.stella.step.avm_loss, bb, retain_graph=True, allow_unused=True
         )
         assert all(g is None for g in g_avm_on_backbone)
         g_ssl_on_avm = torch.autograd.grad(
             strategy.mb_output.loss, list(avm.parameters()), retain_graph=True, allow_unused=True
         )
         assert all(g is None for g in g_ssl_on_avm)
-        g = torch.autograd.grad(self.stella._step["loss_avm"], list(avm.parameters()), retain_graph=True)
+        g = torch.autograd.grad(self.stella.step.avm_loss, list(avm.parameters()), retain_graph=True)
         assert sum(float(x.abs().sum()) for x in g) > 0
         self.isolation_checked += 1
 
@@ -115,7 +115,7 @@ def test_stella_step_gradient_isolation_shapes_and_memory(tiny_stream, store_pat
     if store_patches:
         assert {"patches_a", "idx_a", "patches_v", "idx_v"} <= fields and "video" not in fields
     else:
-        assert {"audio", "video", "imp_a", "excl_v", "query_a", "pooled_v"} <= fields
+        assert {"audio", "video", "imp_a", "p_excl_v", "query_a", "pooled_v"} <= fields
     # evaluation never selects: full clips only
     seen = []
 
@@ -131,6 +131,8 @@ def test_stella_step_gradient_isolation_shapes_and_memory(tiny_stream, store_pat
 def test_stella_plus_memory_is_smaller():
     a = StellaBuffer(4, store_patches=False)
     b = StellaBuffer(4, store_patches=True)
+    a.declare_fields(StellaPlugin.MEMORY_FIELDS)
+    b.declare_fields(StellaPlugin.PATCH_MEMORY_FIELDS)
     n_a, n_v, pa, pv = 32, 64, 256, 768
     common = {
         "target": torch.zeros(2, dtype=torch.long), "clip_id": torch.zeros(2, dtype=torch.long),
@@ -138,7 +140,7 @@ def test_stella_plus_memory_is_smaller():
         "query_a": torch.randn(2, 4, 32), "query_v": torch.randn(2, 4, 32),
     }
     a.add({**common, "audio": torch.randn(2, 128, 64), "video": torch.zeros(2, 4, 3, 64, 64, dtype=torch.uint8),
-           "imp_a": torch.rand(2, n_a), "imp_v": torch.rand(2, n_v), "excl_a": torch.rand(2, n_a), "excl_v": torch.rand(2, n_v)})
+           "imp_a": torch.rand(2, n_a), "imp_v": torch.rand(2, n_v), "p_excl_a": torch.rand(2, n_a), "p_excl_v": torch.rand(2, n_v)})
     b.add({**common, "patches_a": torch.randn(2, n_a // 2, pa), "idx_a": torch.zeros(2, n_a // 2, dtype=torch.long),
            "patches_v": torch.zeros(2, n_v // 2, pv, dtype=torch.uint8), "idx_v": torch.zeros(2, n_v // 2, dtype=torch.long)})
     raw_fp32 = (128 * 64 + 4 * 3 * 64 * 64) * 4
@@ -210,7 +212,9 @@ def test_der_penalty_uses_stored_embeddings(tiny_stream):
 
 
 def test_registry_builds_every_named_strategy():
-    for name in ("finetune", "er", "der++", "stella", "stella+", "er_exp"):
+    from avalanche_av.training import list_strategies
+
+    for name in list_strategies():
         plugins = make_plugins(name, mem_size=8, batch_size=4)
         assert isinstance(plugins, list)
     (sp,) = make_plugins("stella+", mem_size=8, batch_size=4)

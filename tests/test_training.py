@@ -97,7 +97,7 @@ def test_invalid_arguments_say_what_is_allowed():
         make_strategy(amp="fp8")
     with pytest.raises(ValueError, match="nan_policy"):
         make_strategy(nan_policy="ignore")
-    with pytest.raises(ValueError, match="allowed"):
+    with pytest.raises(ValueError, match="valid strategies"):
         make_plugins("gem", mem_size=10, batch_size=4)
 
 

@@ -5,7 +5,19 @@ subsets. STELLA and our ER/DER++ baselines need a reservoir updated **every iter
 also stores per-sample tensors computed during training (DER "logits", STELLA's pooled
 queries, importance scores and exclusion probabilities). :class:`TensorReservoir` is that
 store; :class:`OnlineReservoirBuffer` and :class:`StellaBuffer` put it behind Avalanche's
-``ExemplarsBuffer`` interface.
+``ExemplarsBuffer`` interface, keeping its contract:
+
+* ``buffer`` is an ``AvalancheDataset`` of what is actually stored (see each class for the
+  sample layout); assigning a dataset of clips to it replaces the memory's content.
+* ``post_adapt(agent, exp)`` (and the deprecated ``update(strategy)``) is the per-experience
+  hook: it offers every clip of ``exp.dataset`` to the reservoir, so the buffer also works
+  under Avalanche's own ``ReplayPlugin``. The online plugins
+  (:class:`~avalanche_av.training.plugins.OnlineMemoryPlugin`) never call it: they offer the
+  current clips after every iteration through :meth:`OnlineReservoirBuffer.add`.
+* ``resize(strategy, new_size)`` changes ``max_size`` and the storage together.
+
+Which per-sample fields are stored is declared by the method using the buffer
+(its ``MEMORY_FIELDS`` table, see :meth:`OnlineReservoirBuffer.declare_fields`).
 
 Storage is compact: frames stay ``uint8``, fbank and per-patch scores ``float16``
 (fbank values are normalised to about ``[-2, 4]``, where fp16's relative error is 5e-4,
@@ -20,9 +32,11 @@ import torch
 from avalanche.benchmarks.utils import make_avalanche_dataset
 from avalanche.benchmarks.utils.data_attribute import DataAttribute
 from avalanche.training.storage_policy import ExemplarsBuffer
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-__all__ = ["TensorReservoir", "OnlineReservoirBuffer", "StellaBuffer", "reservoir_slots"]
+from ..models.inputs import to_uint8_frames
+
+__all__ = ["TensorReservoir", "OnlineReservoirBuffer", "StellaBuffer", "reservoir_slots", "CLIP_FIELDS", "PATCH_FIELDS"]
 
 
 def reservoir_slots(
@@ -83,6 +97,8 @@ class TensorReservoir:
         self.fields: Dict[str, torch.Tensor] = {}
         self.size = 0
         self.n_seen = 0
+        #: bumped on every write, so views built from the store know when they are stale
+        self.version = 0
 
     def __len__(self) -> int:
         return self.size
@@ -119,7 +135,14 @@ class TensorReservoir:
                 buf[slots.to(buf.device)] = src
         self.n_seen += b
         self.size = min(self.capacity, self.n_seen)
+        self.version += 1
         return slots
+
+    def clear(self) -> None:
+        """Forget every stored sample and the stream count (field allocations are kept)."""
+        self.size = 0
+        self.n_seen = 0
+        self.version += 1
 
     def sample(
         self, n: int, generator: Optional[torch.Generator] = None, device: torch.device | str | None = None
@@ -147,6 +170,7 @@ class TensorReservoir:
         for name, t in values.items():
             buf = self.fields[name]
             buf[slots.to(buf.device)] = t.detach().to(device=buf.device, dtype=buf.dtype)
+        self.version += 1
 
     def resize(self, new_capacity: int, generator: Optional[torch.Generator] = None) -> None:
         """Change the capacity. Shrinking keeps a uniform random subset, so the kept samples are
@@ -162,6 +186,7 @@ class TensorReservoir:
             self.fields[name] = new
         self.capacity = new_capacity
         self.size = int(keep.numel())
+        self.version += 1
         # n_seen is kept: later insertions still happen with probability capacity / n_seen.
 
     def bytes_per_sample(self) -> int:
@@ -185,24 +210,50 @@ class TensorReservoir:
             buf = torch.zeros((self.capacity, *t.shape[1:]), dtype=t.dtype, device=self.device)
             buf[: self.size] = t.to(self.device)
             self.fields[name] = buf
+        self.version += 1
+
+
+#: The clip as every replay memory stores it: name -> storage dtype. Per sample: ``audio (T, F)``
+#: fbank in fp16 (values normalised to about ``[-2, 4]``: relative error 5e-4), ``video
+#: (n, 3, H, W)`` uint8 RGB, ``target ()`` and ``clip_id ()`` int64. Tiny preset: 96·64·2 +
+#: 4·3·64·64 + 16 = 61,456 bytes; base: 1024·128·2 + 4·3·224·224 + 16 = 864,272 bytes.
+CLIP_FIELDS: Dict[str, torch.dtype] = {
+    "audio": torch.float16,
+    "video": torch.uint8,
+    "target": torch.int64,
+    "clip_id": torch.int64,
+}
+
+#: Fields of a STELLA+ memory sample that replace the clip: the selected patches, their original
+#: indices, and the clip's identity.
+PATCH_FIELDS: Dict[str, torch.dtype] = {
+    "patches_a": torch.float16,
+    "idx_a": torch.int16,
+    "patches_v": torch.uint8,
+    "idx_v": torch.int16,
+    "target": torch.int64,
+    "clip_id": torch.int64,
+}
 
 
 class OnlineReservoirBuffer(ExemplarsBuffer):
     """Avalanche ``ExemplarsBuffer`` backed by a :class:`TensorReservoir` updated every iteration.
 
-    Stores the raw clip (``audio`` fp16 ``(T, F)``, ``video`` uint8 ``(n, 3, H, W)``), ``target``,
-    ``clip_id`` and any extra per-sample fields a plugin passes to :meth:`add`.
+    It stores the clip (:data:`CLIP_FIELDS`) plus whatever per-sample fields the method using it
+    declares (:meth:`declare_fields`). Float frames offered in ``[0, 1]`` are quantised to uint8,
+    never cast (a cast would store zeros).
 
-    ``buffer`` (the Avalanche view) is an AvalancheDataset of the stored clips as
-    ``(audio, video, target, clip_id)`` samples, built on access.
+    ``buffer`` (the Avalanche view) is an ``AvalancheDataset`` whose samples are
+    ``(audio (T, F) fp16, video (n, 3, H, W) uint8, target, clip_id, task_label)``, the same layout
+    as our benchmark streams, so Avalanche's ``ReplayPlugin`` can concatenate it to an experience.
+    The view shares the stored tensors (no copy) and is rebuilt only after the memory changed.
 
     Args:
-        max_size: memory size in clips.
-        extra_dtypes: storage dtype of extra fields (e.g. ``{"pooled_a": torch.float16}``).
-        device: memory device (CPU by default).
+        max_size: memory size in clips (``>= 1``).
+        extra_dtypes: storage dtype of extra fields (e.g. ``{"pooled_a": torch.float16}``); the
+            same as calling :meth:`declare_fields` after construction.
+        device: memory device (CPU by default; pinned when CUDA is present).
     """
-
-    CLIP_DTYPES = {"audio": torch.float16, "video": torch.uint8, "target": torch.int64, "clip_id": torch.int64}
 
     def __init__(
         self,
@@ -211,51 +262,136 @@ class OnlineReservoirBuffer(ExemplarsBuffer):
         device: torch.device | str = "cpu",
     ):
         super().__init__(max_size)
-        self.store = TensorReservoir(max_size, {**self.CLIP_DTYPES, **(extra_dtypes or {})}, device)
+        self.store = TensorReservoir(max_size, dict(self.base_fields()), device)
         self.generator = torch.Generator().manual_seed(0)
+        self._view = None
+        self._view_version = -1
+        if extra_dtypes:
+            self.declare_fields(extra_dtypes)
+
+    # ------------------------------------------------------------------ layout
+    def base_fields(self) -> Dict[str, torch.dtype]:
+        """Fields every sample of this buffer has, whatever the method (the clip)."""
+        return CLIP_FIELDS
+
+    def declare_fields(self, fields: Dict[str, torch.dtype]) -> None:
+        """Declare the storage dtype of the fields a method will :meth:`add`.
+
+        Raises:
+            ValueError: a field is already declared with another dtype (two methods disagree
+                on what the memory holds).
+        """
+        for name, dtype in fields.items():
+            old = self.store.dtypes.get(name)
+            if old is not None and old != dtype:
+                raise ValueError(f"memory field {name!r} is already stored as {old}, cannot store it as {dtype}")
+            self.store.dtypes[name] = dtype
+
+    @property
+    def field_dtypes(self) -> Dict[str, torch.dtype]:
+        """Storage dtype per declared field."""
+        return dict(self.store.dtypes)
 
     def __len__(self) -> int:
         return len(self.store)
 
+    @property
+    def n_seen(self) -> int:
+        """How many stream items have been offered to the reservoir."""
+        return self.store.n_seen
+
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
+    # ------------------------------------------------------------------ the Avalanche view
+    def _view_tensors(self, f: Dict[str, torch.Tensor]) -> list:
+        return [f["audio"], f["video"], f["target"], f["clip_id"]]
+
     @property
     def buffer(self):
-        if len(self.store) == 0 or "audio" not in self.store.fields:
-            return make_avalanche_dataset(TensorDataset(torch.empty(0)))
-        f = {k: v[: len(self.store)] for k, v in self.store.fields.items()}
-        ds = TensorDataset(f["audio"], f["video"], f["target"], f["clip_id"])
-        return make_avalanche_dataset(
-            ds,
-            data_attributes=[
-                DataAttribute(f["target"].tolist(), "targets"),
-                DataAttribute([0] * len(self.store), "targets_task_labels", use_in_getitem=True),
-            ],
-        )
+        if self._view is not None and self._view_version == self.store.version:
+            return self._view
+        n = len(self.store)
+        if n == 0 or not self.store.fields:
+            view = make_avalanche_dataset(TensorDataset(torch.empty(0)))
+        else:
+            f = {k: v[:n] for k, v in self.store.fields.items()}
+            view = make_avalanche_dataset(
+                TensorDataset(*self._view_tensors(f)),
+                data_attributes=[
+                    DataAttribute(f["target"].tolist(), "targets"),
+                    DataAttribute([0] * n, "targets_task_labels", use_in_getitem=True),
+                ],
+            )
+        self._view, self._view_version = view, self.store.version
+        return view
 
     @buffer.setter
-    def buffer(self, new_buffer):  # Avalanche's base class assigns an empty dataset at init
-        pass
+    def buffer(self, new_buffer) -> None:
+        """Replace the memory with the clips of ``new_buffer``: a dataset whose samples start with
+        ``(audio, video, target, clip_id)``. More clips than ``max_size`` are reservoir-sampled."""
+        extra = set(self.store.dtypes) - set(self.base_fields())
+        if extra:
+            raise TypeError(
+                f"{type(self).__name__} also stores {sorted(extra)}, computed during training; a dataset "
+                "of clips cannot provide them. Assign clips only to a buffer without extra fields."
+            )
+        self.store.clear()
+        self.add_dataset(new_buffer)
+
+    # ------------------------------------------------------------------ writing
+    def _compact(self, fields: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        if "video" in fields:
+            fields = {**fields, "video": to_uint8_frames(fields["video"])}
+        return fields
 
     def add(self, fields: Dict[str, torch.Tensor]) -> torch.Tensor:
-        """Offer a batch of samples (``(B, ...)`` per field); returns the written slots."""
-        return self.store.add(fields, self.generator)
+        """Offer a batch of new stream items (``(B, ...)`` per field); returns the written slots.
 
+        Raises:
+            ValueError: a field was not declared, or a declared one is missing.
+        """
+        declared = set(self.store.dtypes)
+        if set(fields) != declared:
+            raise ValueError(
+                f"{type(self).__name__}.add: got fields {sorted(fields)}, the memory stores {sorted(declared)}"
+            )
+        return self.store.add(self._compact(fields), self.generator)
+
+    def add_dataset(self, dataset, batch_size: int = 256) -> None:
+        """Offer every clip of ``dataset`` (samples ``(audio, video, target, clip_id, ...)``)."""
+        if len(dataset) == 0:
+            return
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                            collate_fn=getattr(dataset, "collate_fn", None))
+        for batch in loader:
+            audio, video, target, clip_id = batch[:4]
+            self.add({"audio": audio, "video": video, "target": target, "clip_id": clip_id})
+
+    def post_adapt(self, agent_state, exp) -> None:
+        """Per-experience update (Avalanche's contract): offer every clip of ``exp.dataset``.
+
+        Used when this buffer serves Avalanche's ``ReplayPlugin``; our online plugins add clips
+        every iteration instead and never call it.
+        """
+        self.add_dataset(exp.dataset)
+
+    def update_fields(self, slots: torch.Tensor, values: Dict[str, torch.Tensor]) -> None:
+        """Overwrite fields of stored samples in place (e.g. GMED's edited inputs)."""
+        self.store.update(slots, self._compact(values))
+
+    # ------------------------------------------------------------------ reading
     def sample(self, n: int, device=None) -> tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Draw ``min(n, len(self))`` distinct stored samples: ``(slots (m,), fields)``."""
         return self.store.sample(n, self.generator, device)
 
-    def update(self, strategy, **kwargs):
-        """Avalanche hook: offer the strategy's current raw minibatch (first ``n_current`` rows)."""
-        mb = strategy.mbatch
-        n = kwargs.get("n_current", mb[0].shape[0])
-        self.add({"audio": mb[0][:n], "video": mb[1][:n], "target": mb[2][:n], "clip_id": mb[3][:n]})
-
-    def resize(self, strategy, new_size: int):
-        self.max_size = new_size
+    def resize(self, strategy, new_size: int) -> None:
+        """Change ``max_size`` and the storage capacity together (a uniform subset is kept)."""
         self.store.resize(new_size, self.generator)
+        self.max_size = new_size
 
     def bytes_per_sample(self) -> int:
+        """Bytes one stored sample takes over all fields (0 before the first write)."""
         return self.store.bytes_per_sample()
 
     def state_dict(self) -> dict:
@@ -268,37 +404,45 @@ class OnlineReservoirBuffer(ExemplarsBuffer):
 
 
 class StellaBuffer(OnlineReservoirBuffer):
-    """STELLA's rehearsal memory (SPEC §3 "Memory and loss").
+    """STELLA's rehearsal memory (paper Sec. 3.3): a reservoir updated every iteration.
 
-    Per sample, STELLA mode (``store_patches=False``) stores:
+    STELLA mode (``store_patches=False``) stores the clip plus the fields of
+    :attr:`avalanche_av.training.plugins.StellaPlugin.MEMORY_FIELDS` (DER "logits", pooled
+    queries, importance and exclusion probabilities at insertion). STELLA+ mode
+    (``store_patches=True``) stores only the selected patches (:data:`PATCH_FIELDS`) plus the
+    embeddings and queries; memory samples are then never re-selected.
 
-    ============== ======================= ========
-    field          shape                   dtype
-    ============== ======================= ========
-    audio          ``(T, F)``              fp16
-    video          ``(n, 3, H, W)``        uint8
-    target, clip_id ``()``                 int64
-    pooled_a/_v    ``(D,)`` DER "logits"   fp16
-    query_a/_v     ``(H, d)`` pooled query fp16
-    imp_a / imp_v  ``(Na,)`` / ``(Nv,)``   fp16  importance at insertion
-    excl_a/excl_v  ``(Na,)`` / ``(Nv,)``   fp16  exclusion probability at insertion
-    ============== ======================= ========
+    ``buffer`` samples:
 
-    STELLA+ mode (``store_patches=True``) replaces the clip and the scores by the selected
-    patches only: ``patches_a (Ka, p*p)`` fp16, ``idx_a (Ka,)`` int16, ``patches_v (Kv, 3p²)``
-    uint8 (raw pixels), ``idx_v (Kv,)`` int16; memory samples are then never re-selected.
-    :meth:`bytes_per_sample` reports the real figure.
+    * STELLA: ``(audio, video, target, clip_id, task_label)``, as :class:`OnlineReservoirBuffer`;
+    * STELLA+: ``(patches_a (Ka, p²) fp16, idx_a (Ka,) int16, patches_v (Kv, 3p²) uint8 raw
+      pixels, idx_v (Kv,) int16, target, clip_id, task_label)``, the patch form that
+      ``AVMAE.forward_patches`` takes (after ``normalize_video_patches`` and ``.long()``).
+
+    Only :class:`~avalanche_av.training.plugins.StellaPlugin` can fill it: the scores need the
+    AVM. Under Avalanche's ``ReplayPlugin`` its per-experience update therefore raises a
+    ``TypeError`` (documented in ``docs/stella.md``); its ``buffer`` view can still be read there.
     """
 
     def __init__(self, max_size: int = 2000, store_patches: bool = False, device: torch.device | str = "cpu"):
-        half = torch.float16
-        extras = {
-            "pooled_a": half, "pooled_v": half, "query_a": half, "query_v": half,
-            "imp_a": half, "imp_v": half, "excl_a": half, "excl_v": half,
-            "patches_a": half, "patches_v": torch.uint8, "idx_a": torch.int16, "idx_v": torch.int16,
-        }
-        super().__init__(max_size, extras, device)
         self.store_patches = store_patches
+        super().__init__(max_size, None, device)
 
-    def update(self, strategy, **kwargs):  # the plugin calls add() with all fields
-        raise NotImplementedError("StellaBuffer is filled by StellaPlugin through add()")
+    def base_fields(self) -> Dict[str, torch.dtype]:
+        return PATCH_FIELDS if self.store_patches else CLIP_FIELDS
+
+    def _view_tensors(self, f: Dict[str, torch.Tensor]) -> list:
+        if self.store_patches:
+            return [f["patches_a"], f["idx_a"], f["patches_v"], f["idx_v"], f["target"], f["clip_id"]]
+        return super()._view_tensors(f)
+
+    def post_adapt(self, agent_state, exp) -> None:
+        raise TypeError(
+            "StellaBuffer stores AVM scores (importance, queries, exclusion probabilities) that only "
+            "StellaPlugin computes, so it cannot be filled per experience by Avalanche's ReplayPlugin. "
+            "Use StellaPlugin(storage_policy=StellaBuffer(...)), or OnlineReservoirBuffer with ReplayPlugin."
+        )
+
+    @OnlineReservoirBuffer.buffer.setter
+    def buffer(self, new_buffer) -> None:
+        raise TypeError("StellaBuffer is filled by StellaPlugin (its scores need the AVM); it cannot be assigned")

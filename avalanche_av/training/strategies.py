@@ -1,33 +1,127 @@
 """Named strategies for the command line and the benchmark suite.
 
-A strategy here is just the list of plugins added to :class:`AVPretraining`; every method shares
-the template, the SSL loss and (for replay methods) the memory size. New methods register with
-:func:`register_strategy`.
+A strategy here is the list of plugins added to :class:`~avalanche_av.training.AVPretraining`;
+every method shares the template, the SSL loss and (for replay methods) the memory size. Each
+entry is a :class:`StrategySpec`: the plugin class, preset options (the ablations are presets of
+``StellaPlugin``) and whether it needs a memory. A method's options are its plugin's constructor
+keyword arguments; :func:`validate_strategy_options` checks names and value types against that
+signature before any data is built, so a typo fails in one line instead of a traceback later.
+New methods register with :func:`register_strategy`.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
 
 from avalanche.core import BasePlugin
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
-__all__ = ["STRATEGIES", "register_strategy", "make_plugins", "list_strategies"]
+from .plugins import DERPlugin, OnlineReplayPlugin, StellaPlugin, check_mem_size
 
-StrategyFactory = Callable[..., List[BasePlugin]]
-STRATEGIES: Dict[str, StrategyFactory] = {}
+__all__ = [
+    "STRATEGIES",
+    "StrategySpec",
+    "register_strategy",
+    "make_plugins",
+    "list_strategies",
+    "strategy_options",
+    "validate_strategy_options",
+]
+
+#: Constructor arguments that ``make_plugins`` fills itself; never user options.
+_MANAGED = {"self", "mem_size", "batch_size_mem", "storage_policy", "args", "kwargs"}
 
 
-def register_strategy(name: str) -> Callable[[StrategyFactory], StrategyFactory]:
-    def deco(fn: StrategyFactory) -> StrategyFactory:
-        STRATEGIES[name] = fn
-        return fn
+@dataclass(frozen=True)
+class StrategySpec:
+    """One named method.
 
-    return deco
+    Attributes:
+        name: the registry name (``--strategy``).
+        plugin_cls: the plugin class, or ``None`` for plain fine-tuning.
+        preset: options fixed by this name (e.g. ``store_patches=True`` for ``stella+``); not
+            user-settable.
+        uses_memory: needs ``mem_size >= 1``.
+        description: one line for ``--list-strategies`` and the docs.
+        build: optional custom builder ``(mem_size, batch_size, **options) -> plugins``.
+    """
+
+    name: str
+    plugin_cls: Optional[type]
+    preset: Dict[str, Any] = field(default_factory=dict)
+    uses_memory: bool = True
+    description: str = ""
+    build: Optional[Callable[..., List[BasePlugin]]] = None
+
+    def options(self) -> Dict[str, Any]:
+        """User-settable options and their defaults (the plugin's keyword arguments)."""
+        if self.plugin_cls is None or self.build is not None:
+            return {}
+        params = inspect.signature(self.plugin_cls.__init__).parameters
+        return {
+            n: p.default for n, p in params.items()
+            if n not in _MANAGED and n not in self.preset and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+
+STRATEGIES: Dict[str, StrategySpec] = {}
+
+
+def register_strategy(spec: StrategySpec) -> StrategySpec:
+    """Add (or replace) a named method."""
+    STRATEGIES[spec.name] = spec
+    return spec
 
 
 def list_strategies() -> list[str]:
     return sorted(STRATEGIES)
+
+
+def _spec(name: str) -> StrategySpec:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; valid strategies: {', '.join(list_strategies())}")
+    return STRATEGIES[name]
+
+
+def strategy_options(name: str) -> Dict[str, Any]:
+    """The options strategy ``name`` accepts, with their defaults."""
+    return _spec(name).options()
+
+
+def _type_ok(value: Any, default: Any) -> bool:
+    if default is None or value is None:
+        return True
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if isinstance(default, str):
+        return isinstance(value, str)
+    return True
+
+
+def validate_strategy_options(name: str, options: Dict[str, Any]) -> None:
+    """Check option names (and value types, against the defaults) for strategy ``name``.
+
+    Raises:
+        ValueError: an unknown strategy, an unknown option (the message lists the valid ones),
+            or a value of the wrong type.
+    """
+    spec = _spec(name)
+    valid = spec.options()
+    for key, value in options.items():
+        if key not in valid:
+            listing = ", ".join(sorted(valid)) if valid else "none"
+            raise ValueError(f"unknown option {key!r} for strategy {name!r}; valid options: {listing}")
+        if not _type_ok(value, valid[key]):
+            raise ValueError(
+                f"option {key!r} of strategy {name!r} expects a {type(valid[key]).__name__} "
+                f"(default {valid[key]!r}), got {value!r}"
+            )
 
 
 def make_plugins(name: str, *, mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
@@ -35,57 +129,30 @@ def make_plugins(name: str, *, mem_size: int, batch_size: int, **options) -> Lis
 
     Args:
         name: one of :func:`list_strategies`.
-        mem_size: replay memory size in clips (ignored by memory-free methods).
+        mem_size: replay memory size in clips (must be ``>= 1`` for methods with a memory;
+            ignored by the others).
         batch_size: current-batch size; replay methods draw memory batches of the same size.
-        options: method-specific options, passed to the factory.
+        options: method-specific options (see :func:`strategy_options`).
+
+    Raises:
+        ValueError: unknown strategy or option, a bad value, or ``mem_size < 1`` for a method
+            that needs a memory.
     """
-    if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; allowed: {list_strategies()}")
-    if mem_size < 0:
-        raise ValueError(f"mem_size must be >= 0, got {mem_size}")
-    return STRATEGIES[name](mem_size=mem_size, batch_size=batch_size, **options)
+    spec = _spec(name)
+    validate_strategy_options(name, options)
+    if spec.uses_memory:
+        check_mem_size(mem_size, f"strategy {name!r}")
+    if spec.build is not None:
+        return spec.build(mem_size=mem_size, batch_size=batch_size, **options)
+    if spec.plugin_cls is None:
+        return []
+    kwargs = {**spec.preset, **options}
+    if spec.uses_memory:
+        kwargs.update(mem_size=mem_size, batch_size_mem=batch_size)
+    return [spec.plugin_cls(**kwargs)]
 
 
-@register_strategy("finetune")
-def _finetune(**_) -> List[BasePlugin]:
-    return []
-
-
-@register_strategy("er")
-def _er(mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
-    """ER on the task-free online reservoir shared with DER++ and STELLA."""
-    from .plugins import OnlineReplayPlugin
-
-    return [OnlineReplayPlugin(mem_size=mem_size, batch_size_mem=batch_size, **options)]
-
-
-@register_strategy("der++")
-def _derpp(mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
-    from .plugins import DERPlugin
-
-    return [DERPlugin(mem_size=mem_size, batch_size_mem=batch_size, **options)]
-
-
-@register_strategy("stella")
-def _stella(mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
-    from .plugins import StellaPlugin
-
-    return [StellaPlugin(mem_size=mem_size, batch_size_mem=batch_size, **options)]
-
-
-@register_strategy("stella+")
-def _stella_plus(mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
-    from .plugins import StellaPlugin
-
-    return [StellaPlugin(mem_size=mem_size, batch_size_mem=batch_size, store_patches=True, **options)]
-
-
-@register_strategy("er_exp")
-def _er_exp(mem_size: int, batch_size: int, **_) -> List[BasePlugin]:
-    """Avalanche's own ``ReplayPlugin`` + ``ReservoirSamplingBuffer``: memory updated after each
-    experience (not task-free), memory batch concatenated to every current batch."""
-    if mem_size < 1:
-        raise ValueError("strategy 'er_exp' needs mem_size >= 1")
+def _er_exp(mem_size: int, batch_size: int) -> List[BasePlugin]:
     return [
         ReplayPlugin(
             mem_size=mem_size,
@@ -93,3 +160,28 @@ def _er_exp(mem_size: int, batch_size: int, **_) -> List[BasePlugin]:
             storage_policy=ReservoirSamplingBuffer(max_size=mem_size),
         )
     ]
+
+
+for _spec_ in (
+    StrategySpec("finetune", None, uses_memory=False, description="no continual-learning method (lower bound)"),
+    StrategySpec("er", OnlineReplayPlugin, description="experience replay on the task-free online reservoir"),
+    StrategySpec("der++", DERPlugin, description="ER + MSE to stored pooled embeddings (DER++)"),
+    StrategySpec("stella", StellaPlugin, {"store_patches": False}, description="STELLA (ICML 2024)"),
+    StrategySpec("stella+", StellaPlugin, {"store_patches": True},
+                 description="STELLA+: memory stores only the selected patches"),
+    StrategySpec("stella-random", StellaPlugin, {"store_patches": False, "selection": "random"},
+                 description="ablation: uniform random patches (paper Table 3 'Random')"),
+    StrategySpec("stella-mats", StellaPlugin, {"store_patches": False, "selection": "mats"},
+                 description="ablation: motion-aware video tokens (paper Table 3 'MATS')"),
+    StrategySpec("stella-lpis", StellaPlugin, {"store_patches": False, "use_correlation": False},
+                 description="ablation: importance only, no exclusion (paper Table 3 'LPIS')"),
+    StrategySpec("stella-rca", StellaPlugin, {"store_patches": False, "use_importance": False},
+                 description="ablation: exclusion only, uniform importance (paper Table 3 'RCA')"),
+    StrategySpec("stella-audio-freq", StellaPlugin, {"store_patches": False, "audio_selection": "frequency"},
+                 description="ablation: audio selected by frequency bands (paper Fig. 9)"),
+    StrategySpec("stella-audio-none", StellaPlugin, {"store_patches": False, "audio_selection": "none"},
+                 description="ablation: audio selected without structure (paper Fig. 9)"),
+    StrategySpec("er_exp", ReplayPlugin, build=_er_exp,
+                 description="Avalanche's own ReplayPlugin + ReservoirSamplingBuffer (per-experience memory)"),
+):
+    register_strategy(_spec_)

@@ -1,16 +1,29 @@
 """The self-supervised audio-video pre-training template.
 
 :class:`AVPretraining` is an Avalanche ``SupervisedTemplate`` whose "criterion" is the model's
-own self-supervised objective L = ℓ_r + λ·ℓ_c (SPEC §2). Labels are never used for training;
-task labels are not required. Plugins see the usual hooks plus a few extra attributes:
+own self-supervised objective L = ℓ_r + λ·ℓ_c (paper Sec. 3.1; ``docs/training.md``). Labels are
+never used for training; task labels are not required.
 
-* ``strategy.mb_audio`` ``(B, T, F)`` float32 fbank, ``strategy.mb_video`` ``(B, n, 3, H, W)``
-  ImageNet-normalised float32 (both computed from the compact ``mbatch`` on access),
-  ``strategy.mb_y`` class targets (evaluation only), ``strategy.mb_clip_id``.
-* ``strategy.mb_patches``: a plugin may set a :class:`~avalanche_av.models.inputs.PatchBatch` in
-  ``before_forward``; the template then trains on those patch subsets (STELLA does this).
+**The minibatch is named and owned by the template.** A minibatch from our streams is
+``[audio, video, target, clip_id, task_label]``; the template unpacks it once and plugins read
+named fields, never positions:
+
+* ``strategy.mb_audio`` ``(B, T, F)`` float32 fbank and ``strategy.mb_video``
+  ``(B, n, 3, H, W)`` ImageNet-normalised float32 (computed once per step from the compact rows);
+  ``strategy.mb_audio_raw`` / ``mb_video_raw`` the compact rows themselves (fp16 / uint8);
+* ``strategy.mb_target`` (alias ``mb_y``; evaluation only), ``strategy.mb_clip_id``,
+  ``strategy.mb_task``;
+* ``strategy.mb_n_current``: how many leading rows are current stream samples;
+  :meth:`AVPretraining.current_clips` returns them in storage form;
+* :meth:`AVPretraining.append_memory`: a plugin appends its replayed rows and registers the
+  block as its own; :meth:`AVPretraining.memory_rows` tells any plugin which rows are whose;
+* ``strategy.mb_patches``: a plugin may set a :class:`~avalanche_av.models.inputs.PatchBatch`
+  covering every row in ``before_forward``; the template then trains on those patch subsets
+  (STELLA does this);
 * ``strategy.mb_output``: the :class:`~avalanche_av.models.AVMAEOutput`; in evaluation it also
-  carries ``emb_a_unmasked``/``emb_v_unmasked`` (retrieval embeddings).
+  carries ``emb_a_unmasked``/``emb_v_unmasked`` (retrieval embeddings);
+* ``strategy.step_skipped``: True after ``backward`` when the step's loss was not finite and
+  the update is dropped (memories then store nothing from this step).
 
 Evaluation computes the loss deterministically (the masking draws from a generator re-seeded at
 each evaluation experience) under ``no_grad``. On CUDA the forward runs under autocast
@@ -20,16 +33,51 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from typing import Callable, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from avalanche.core import BasePlugin
 from avalanche.training.plugins.evaluation import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
+from torch.profiler import record_function
 
-from ..models.inputs import PatchBatch, prepare_audio, prepare_video
+from ..models.inputs import PatchBatch, prepare_audio, prepare_video, to_uint8_frames
 
-__all__ = ["AVPretraining", "default_optimizer", "NonFiniteLossError"]
+__all__ = ["AVPretraining", "default_optimizer", "NonFiniteLossError", "MemoryBlock", "require_av_template"]
+
+#: Positions of the named fields in a minibatch; the task label is always last.
+_MB_INDEX = {"audio": 0, "video": 1, "target": 2, "clip_id": 3}
+_MB_LEN = 5
+
+
+@dataclass(frozen=True)
+class MemoryBlock:
+    """Rows ``[start, stop)`` of the current minibatch that ``owner`` appended from its memory."""
+
+    owner: Any
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> slice:
+        return slice(self.start, self.stop)
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def require_av_template(strategy, plugin) -> None:
+    """Raise ``TypeError`` unless ``strategy`` is an :class:`AVPretraining` (or a subclass).
+
+    Our plugins read named minibatch fields and the SSL output that only this template provides;
+    on another template they would fail deep inside a hook.
+    """
+    if not isinstance(strategy, AVPretraining):
+        raise TypeError(
+            f"{type(plugin).__name__} needs the avalanche_av.training.AVPretraining template (or a subclass); "
+            f"it was added to {type(strategy).__name__}"
+        )
 
 
 class NonFiniteLossError(RuntimeError):
@@ -37,7 +85,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 def default_optimizer(model: torch.nn.Module, lr: float = 1e-4) -> torch.optim.Optimizer:
-    """STELLA's optimizer (SPEC §3): Adam, betas (0.95, 0.999), weight decay 5e-7, constant lr."""
+    """STELLA's optimizer (paper Sec. 4.1, ``docs/training.md``): Adam, betas (0.95, 0.999), weight decay 5e-7, constant lr."""
     return torch.optim.Adam(model.parameters(), lr=lr, betas=(0.95, 0.999), weight_decay=5e-7)
 
 
@@ -126,6 +174,10 @@ class AVPretraining(SupervisedTemplate):
         self._skip_update = False
         self._eval_generator: Optional[torch.Generator] = None
         self.mb_patches: Optional[PatchBatch] = None
+        self.mb_n_current = 0
+        self.mb_memory_blocks: List[MemoryBlock] = []
+        self.step_skipped = False
+        self._mb_cache: Dict[str, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ configuration
     @staticmethod
@@ -146,50 +198,160 @@ class AVPretraining(SupervisedTemplate):
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     # ------------------------------------------------------------------ minibatch views
+    def _mb_field(self, name: str) -> torch.Tensor:
+        return self.mbatch[_MB_INDEX[name]]
+
+    @property
+    def mb_audio_raw(self) -> torch.Tensor:
+        """``(R, T, F)`` fbank rows as loaded (fp16 or float32), all ``R`` rows."""
+        return self._mb_field("audio")
+
+    @property
+    def mb_video_raw(self) -> torch.Tensor:
+        """``(R, n, 3, H, W)`` frames as loaded (uint8, or float in [0, 1])."""
+        return self._mb_field("video")
+
     @property
     def mb_audio(self) -> torch.Tensor:
-        """``(B, T, F)`` float32 fbank of the current minibatch."""
-        return prepare_audio(self.mbatch[0])
+        """``(R, T, F)`` float32 fbank of every row of the minibatch."""
+        if "audio" not in self._mb_cache:
+            self._mb_cache["audio"] = prepare_audio(self.mb_audio_raw)
+        return self._mb_cache["audio"]
 
     @property
     def mb_video(self) -> torch.Tensor:
-        """``(B, n_frames, 3, H, W)`` ImageNet-normalised float32 frames."""
-        return prepare_video(self.mbatch[1])
+        """``(R, n_frames, 3, H, W)`` ImageNet-normalised float32 frames of every row."""
+        if "video" not in self._mb_cache:
+            self._mb_cache["video"] = prepare_video(self.mb_video_raw)
+        return self._mb_cache["video"]
 
     @property
     def mb_x(self):
         return self.mb_audio, self.mb_video
 
     @property
+    def mb_target(self) -> torch.Tensor:
+        """``(R,)`` class targets; only evaluation metrics read them."""
+        return self._mb_field("target")
+
+    @property
     def mb_y(self) -> torch.Tensor:
-        """``(B,)`` class targets; only evaluation metrics read them."""
-        return self.mbatch[2]
+        return self.mb_target
 
     @property
     def mb_clip_id(self) -> torch.Tensor:
-        return self.mbatch[3]
+        """``(R,)`` clip ids."""
+        return self._mb_field("clip_id")
+
+    @property
+    def mb_task(self) -> torch.Tensor:
+        """``(R,)`` task labels."""
+        return self.mbatch[-1]
+
+    @property
+    def mb_n_rows(self) -> int:
+        """Rows in the minibatch: current ones plus every appended memory block."""
+        return self.mbatch[0].shape[0]
+
+    def current_clips(self) -> Dict[str, torch.Tensor]:
+        """The current rows in storage form: ``audio (B, T, F)``, ``video (B, n, 3, H, W)``
+        uint8, ``target (B,)``, ``clip_id (B,)``. What a memory is offered after a step."""
+        n = self.mb_n_current
+        return {
+            "audio": self.mb_audio_raw[:n],
+            "video": to_uint8_frames(self.mb_video_raw[:n]),
+            "target": self.mb_target[:n],
+            "clip_id": self.mb_clip_id[:n],
+        }
+
+    def append_memory(self, owner: Any, fields: Optional[Dict[str, torch.Tensor]] = None,
+                      n_rows: Optional[int] = None) -> MemoryBlock:
+        """Append ``owner``'s replayed rows to the minibatch and register them as its block.
+
+        Args:
+            owner: the plugin replaying (any object; compared by identity).
+            fields: ``audio (M, T, F)``, ``video (M, n, 3, H, W)`` (uint8 or float in [0, 1]),
+                ``target (M,)``, ``clip_id (M,)``, optional ``task (M,)`` (default: the task label
+                of the current rows). ``None`` registers ``n_rows`` rows that exist only in the
+                plugin's :class:`PatchBatch` (STELLA+ replays stored patches, not clips).
+            n_rows: with ``fields=None``, how many rows the block has.
+
+        Returns:
+            The :class:`MemoryBlock`; its ``rows`` slice addresses the block in ``mb_output``.
+        """
+        if self.mb_patches is not None:
+            raise RuntimeError(
+                f"{type(owner).__name__} appends memory rows after another plugin rewrote the minibatch "
+                "into patches; plugins that append memory must run before it"
+            )
+        start = self.mb_n_rows if not self.mb_memory_blocks else self.mb_memory_blocks[-1].stop
+        if fields is None:
+            if n_rows is None or n_rows < 0:
+                raise ValueError("append_memory needs fields, or n_rows >= 0 for a patch-only block")
+            block = MemoryBlock(owner, start, start + n_rows)
+            self.mb_memory_blocks.append(block)
+            return block
+        if start != self.mb_n_rows:
+            raise RuntimeError("clip rows cannot follow a patch-only memory block")
+        m = fields["audio"].shape[0]
+        for name in ("video", "target", "clip_id"):
+            if fields[name].shape[0] != m:
+                raise ValueError(f"append_memory: field {name!r} has {fields[name].shape[0]} rows, audio has {m}")
+        dev = self.device
+        cur_v = self.mb_video_raw
+        mem_v = fields["video"].to(dev, non_blocking=True)
+        if cur_v.dtype == torch.uint8:
+            mem_v = to_uint8_frames(mem_v)
+        else:
+            mem_v = mem_v.to(cur_v.dtype) / 255.0 if mem_v.dtype == torch.uint8 else mem_v.to(cur_v.dtype)
+        task = fields.get("task")
+        if task is None:
+            task = self.mb_task[:1].expand(m)
+        mb = self.mbatch
+        mb[_MB_INDEX["audio"]] = torch.cat([mb[0], fields["audio"].to(dev, mb[0].dtype, non_blocking=True)])
+        mb[_MB_INDEX["video"]] = torch.cat([mb[1], mem_v])
+        mb[_MB_INDEX["target"]] = torch.cat([mb[2], fields["target"].to(dev, mb[2].dtype)])
+        mb[_MB_INDEX["clip_id"]] = torch.cat([mb[3], fields["clip_id"].to(dev, mb[3].dtype)])
+        mb[-1] = torch.cat([mb[-1], task.to(dev, mb[-1].dtype)])
+        self._mb_cache.clear()
+        block = MemoryBlock(owner, start, start + m)
+        self.mb_memory_blocks.append(block)
+        return block
+
+    def memory_rows(self, owner: Any) -> Optional[slice]:
+        """The rows ``owner`` appended in this step, or ``None``."""
+        for block in self.mb_memory_blocks:
+            if block.owner is owner:
+                return block.rows
+        return None
 
     def _unpack_minibatch(self):
         mbatch = self.mbatch
         if isinstance(mbatch, tuple):
             mbatch = list(mbatch)
             self.mbatch = mbatch
-        if len(mbatch) < 5:
+        if len(mbatch) != _MB_LEN:
             raise ValueError(
-                "an avalanche-av minibatch must be [audio, video, target, clip_id, ..., task_label]; "
+                "an avalanche-av minibatch must be [audio, video, target, clip_id, task_label]; "
                 f"got {len(mbatch)} elements"
             )
         for i in range(len(mbatch)):
             mbatch[i] = mbatch[i].to(self.device, non_blocking=True)
+        self.mb_n_current = mbatch[0].shape[0]
+        self.mb_memory_blocks = []
         self.mb_patches = None
+        self._mb_cache = {}
 
     # ------------------------------------------------------------------ forward / loss
     def forward(self):
         model = self.model
         gen = None if self.is_training else self._eval_generator
-        with self.autocast():
+        with record_function("av.forward"), self.autocast():
             if self.mb_patches is not None:
                 p = self.mb_patches
+                n_rows = self.mb_memory_blocks[-1].stop if self.mb_memory_blocks else self.mb_n_current
+                if len(p) != n_rows:
+                    raise ValueError(f"mb_patches has {len(p)} rows, the minibatch has {n_rows} (current + memory)")
                 out = model.forward_patches(
                     p.audio_patches, p.audio_idx, p.video_patches, p.video_idx, generator=gen
                 )
@@ -212,7 +374,9 @@ class AVPretraining(SupervisedTemplate):
     # ------------------------------------------------------------------ backward / step
     def backward(self):
         self._skip_update = False
+        self.step_skipped = False
         if not torch.isfinite(self.loss.detach()).all():
+            self.step_skipped = True
             self.skipped_steps += 1
             self._consecutive_nonfinite += 1
             msg = (
@@ -229,10 +393,11 @@ class AVPretraining(SupervisedTemplate):
             self.optimizer.zero_grad(set_to_none=True)
             return
         self._consecutive_nonfinite = 0
-        if self.scaler is not None:
-            self.scaler.scale(self.loss).backward(retain_graph=self.retain_graph)
-        else:
-            self.loss.backward(retain_graph=self.retain_graph)
+        with record_function("av.backward"):
+            if self.scaler is not None:
+                self.scaler.scale(self.loss).backward(retain_graph=self.retain_graph)
+            else:
+                self.loss.backward(retain_graph=self.retain_graph)
 
     def optimizer_step(self):
         if self._skip_update:

@@ -1,6 +1,22 @@
-"""Avalanche plugins for audio-video continual pre-training."""
-from .ewc import SSLEWCPlugin
-from .replay import DERPlugin, OnlineReplayPlugin
-from .stella import StellaPlugin, StellaStepStats
+"""Avalanche plugins for audio-video continual pre-training.
 
-__all__ = ["SSLEWCPlugin", "OnlineReplayPlugin", "DERPlugin", "StellaPlugin", "StellaStepStats"]
+Every memory-based method derives from :class:`OnlineMemoryPlugin` (one online reservoir,
+an injectable storage policy, named minibatch fields); see ``docs/training.md``.
+"""
+from .ewc import SSLEWCPlugin
+from .memory import OnlineMemoryPlugin, check_mem_size
+from .replay import DERPlugin, ERPlugin, OnlineReplayPlugin
+from .stella import StellaPlugin, StellaScores, StellaStep, StellaStepStats
+
+__all__ = [
+    "OnlineMemoryPlugin",
+    "check_mem_size",
+    "SSLEWCPlugin",
+    "OnlineReplayPlugin",
+    "ERPlugin",
+    "DERPlugin",
+    "StellaPlugin",
+    "StellaStep",
+    "StellaScores",
+    "StellaStepStats",
+]

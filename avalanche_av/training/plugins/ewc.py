@@ -15,12 +15,19 @@ from avalanche.training.utils import ParamData, zerolike_params_dict
 from torch.utils.data import DataLoader
 
 from ...models.inputs import prepare_audio, prepare_video
+from ..template import require_av_template
 
 __all__ = ["SSLEWCPlugin"]
 
 
 class SSLEWCPlugin(EWCPlugin):
     """Avalanche's EWC with an SSL-loss Fisher estimate. Arguments as ``EWCPlugin``."""
+
+    def before_training(self, strategy, **kwargs):
+        require_av_template(strategy, self)
+        parent = getattr(super(), "before_training", None)
+        if parent is not None:
+            parent(strategy, **kwargs)
 
     def compute_importances(
         self, model, criterion, optimizer, dataset, device, batch_size, num_workers=0

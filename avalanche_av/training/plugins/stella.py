@@ -2,64 +2,139 @@
 
 Usage: ``AVPretraining(model, ..., plugins=[StellaPlugin()])``; nothing else changes.
 
-Per training iteration (paper Algorithms 2-3, SPEC §3):
+Each training iteration runs the paper's stages (Sec. 3.2-3.3, Algorithms 1-3), one method each,
+passing a typed :class:`StellaStep`:
 
-1. Score the current batch: the backbone runs the **unmasked** clip through the modality and
-   shared blocks **without gradients**; the AVM cross-attends over those joint features.
-2. Train the AVM (BCE, half the batch deranged before fusion), current samples only, in the
-   same optimizer step (its parameters are a second group of the strategy's optimizer).
-3. Importance (Eq. 2), top-κ candidates and pooled queries (Eq. 3).
-4. Draw a memory batch; pair each current sample with one memory sample; correlation and
-   Bernoulli exclusion (Eq. 4).
-5. Select κ_v video patches (multinomial; top-κ on the very first step) and κ_a audio patches
-   (time chunks, Algorithm 1) for the current samples; memory samples are re-selected from their
-   **stored** scores with fresh draws (STELLA) or replayed as stored patches (STELLA+).
-6. Rewrite the minibatch into a :class:`~avalanche_av.models.inputs.PatchBatch` of
-   ``[current; memory]``; the template's MAE + InfoNCE then runs inside the selection.
-7. Add ``α·ℓ_p`` (MSE between stored and current pooled embeddings of memory samples, per
-   modality) and ``ℓ_avm`` to the loss.
-8. Offer the current samples to the reservoir (every iteration).
+1. :meth:`StellaPlugin._score`: the backbone runs the **unmasked** current clips through the
+   modality and shared blocks **without gradients** (``model.encode_full`` + ``model.fuse``);
+   the AVM cross-attends over those joint features.
+2. :meth:`StellaPlugin._avm_loss`: the AVM's matching loss (BCE, half the batch deranged before
+   fusion), current samples only, trained in the same optimizer step (its parameters are a
+   second group of the strategy's optimizer; the AVM lives outside the model).
+3. :meth:`StellaPlugin._importance`: importance (Eq. 2), top-κ candidates and pooled queries
+   (Eq. 3).
+4. :meth:`StellaPlugin._exclusion`: each current sample is paired with one memory sample; the
+   correlation with its stored query gives an exclusion **probability** per candidate patch
+   (Eq. 4), and a Bernoulli draw gives the exclusion **mask**.
+5. :meth:`StellaPlugin._select_current` and :meth:`StellaPlugin._select_memory`: κ_v video
+   patches (multinomial; top-κ on the very first step) and κ_a audio patches (time chunks,
+   Algorithm 1); memory samples are re-selected from their **stored** scores with fresh draws
+   (STELLA) or replayed as stored patches (STELLA+).
 
-Evaluation is untouched: the hooks used here only run in training.
+The minibatch becomes a :class:`~avalanche_av.models.inputs.PatchBatch` of ``[current; memory]``
+and the template's MAE + InfoNCE runs inside the selection. ``before_backward`` adds
+``α·ℓ_p`` (MSE between stored and current pooled embeddings of the memory rows) and ``ℓ_avm``.
+After the step the current samples are offered to the reservoir (the online-memory base).
+Evaluation is untouched: these hooks only run in training.
 
-The pure math lives in :mod:`avalanche_av.training.selection` and :mod:`avalanche_av.models.avm`;
-this class only wires it.
+Each stage is wrapped in a ``torch.profiler.record_function`` range named ``stella.<stage>``
+(``score``, ``avm_loss``, ``importance``, ``exclusion``, ``select_current``, ``select_memory``,
+``penalty``, ``memory_update``), which :mod:`avalanche_av.evaluation.efficiency` aggregates.
+The pure math lives in :mod:`avalanche_av.training.selection` and :mod:`avalanche_av.models.avm`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
-from avalanche.training.plugins import SupervisedPlugin
+from torch import Tensor
+from torch.profiler import record_function
 
-from ...models.avm import AVMatching, avm_loss, make_avm_pairs
+from ...models.avm import AVMatching, AVMOutput, avm_loss, make_avm_pairs
+from ...models.inputs import PatchBatch, normalize_video_patches, prepare_video
 from ...models.patching import gather_patches, patchify_video
 from .. import selection as sel
-from ...models.inputs import PatchBatch, normalize_video_patches, prepare_video, to_uint8_frames
+from ..losses import embedding_penalty
 from ..storage_policy import StellaBuffer
-from .replay import embedding_penalty
+from .memory import OnlineMemoryPlugin
 
-__all__ = ["StellaPlugin", "StellaStepStats"]
+__all__ = ["StellaPlugin", "StellaStep", "StellaScores", "StellaStepStats", "SELECTIONS", "AUDIO_SELECTIONS"]
 
+#: Patch-selection modes: the method, and the Random / MATS ablations (paper Table 3).
 SELECTIONS = ("stella", "random", "mats")
+#: Audio selection constraints (paper Fig. 9): time chunks (Algorithm 1), frequency bands, none.
 AUDIO_SELECTIONS = ("time", "frequency", "none")
+
+_F16 = torch.float16
+
+
+@dataclass
+class StellaScores:
+    """The scoring pass over the current samples (stage 1; no gradients).
+
+    Attributes:
+        patches_a: ``(B, Na, Pa)`` raw audio patches. patches_v: ``(B, Nv, Pv)`` normalised video
+            patches.
+        tokens_a, tokens_v: ``(B, N, D)`` modality-block outputs (the AVM's negatives are fused
+            from these).
+        fused_a, fused_v: ``(B, N, D)`` joint features from the shared blocks, before the final
+            norm: the AVM's input.
+        avm: the AVM's output on the true pairs, with attention logits and q/k.
+    """
+
+    patches_a: Tensor
+    patches_v: Tensor
+    tokens_a: Tensor
+    tokens_v: Tensor
+    fused_a: Tensor
+    fused_v: Tensor
+    avm: AVMOutput
+
+
+@dataclass
+class StellaStep:
+    """Everything one STELLA iteration computes, stage by stage (shapes for ``B`` current rows).
+
+    Attributes:
+        n_current: ``B``. first_step: the memory was empty (plain top-κ, no exclusion).
+        scores: stage 1. avm_loss, avm_acc: ``()`` stage 2 (the loss carries the AVM's graph).
+        imp_a, imp_v: ``(B, N)`` importance (Eq. 2; uniform under the RCA / MATS ablations).
+        cand_a, cand_v: ``(B, κ)`` top-κ candidate indices.
+        query_a, query_v: ``(B, H, d)`` importance-weighted pooled queries (Eq. 3).
+        p_excl_a, p_excl_v: ``(B, N)`` exclusion **probabilities** (Eq. 4; 0 off-candidate, and 0
+            everywhere on the first step or with ``use_correlation=False``).
+        excl_a, excl_v: ``(B, N)`` bool exclusion **masks** drawn from them.
+        idx_a, idx_v: ``(B, κ)`` selected patch indices of the current samples.
+        memory: the memory batch drawn this step (fields on the device) or ``None``.
+        penalty: ``()`` the embedding penalty ℓ_p once computed (detached), else ``None``.
+    """
+
+    n_current: int
+    first_step: bool
+    scores: StellaScores
+    avm_loss: Tensor
+    avm_acc: Tensor
+    imp_a: Optional[Tensor] = None
+    imp_v: Optional[Tensor] = None
+    cand_a: Optional[Tensor] = None
+    cand_v: Optional[Tensor] = None
+    query_a: Optional[Tensor] = None
+    query_v: Optional[Tensor] = None
+    p_excl_a: Optional[Tensor] = None
+    p_excl_v: Optional[Tensor] = None
+    excl_a: Optional[Tensor] = None
+    excl_v: Optional[Tensor] = None
+    idx_a: Optional[Tensor] = None
+    idx_v: Optional[Tensor] = None
+    memory: Optional[Dict[str, Tensor]] = None
+    penalty: Optional[Tensor] = None
 
 
 @dataclass
 class StellaStepStats:
     """Detached per-step quantities, for logging and tests (tensors: no device sync)."""
 
-    avm_loss: torch.Tensor
-    avm_acc: torch.Tensor
-    penalty: Optional[torch.Tensor]
+    avm_loss: Tensor
+    avm_acc: Tensor
+    penalty: Optional[Tensor]
     n_current: int
     n_memory: int
-    excluded_frac_v: torch.Tensor
-    excluded_frac_a: torch.Tensor
+    excluded_frac_v: Tensor
+    excluded_frac_a: Tensor
 
 
-class StellaPlugin(SupervisedPlugin):
+class StellaPlugin(OnlineMemoryPlugin):
     """STELLA / STELLA+ continual audio-video pre-training.
 
     Args:
@@ -68,23 +143,47 @@ class StellaPlugin(SupervisedPlugin):
             holds fewer samples, all of them are replayed.
         rho_a, rho_v: fraction of audio / video patches **kept** (κ = round(ρ·N)), in (0, 1].
         chunk_size: audio time-chunk length L_c (Algorithm 1).
-        beta: importance temperature β.
+        beta: importance temperature β (Eq. 2).
         alpha: weight of the embedding penalty ℓ_p.
-        use_importance: off = the RCA ablation (uniform importance, exclusion kept).
-        use_correlation: off = the LPIS ablation (importance only, no exclusion).
-        selection: ``'stella'``; ``'random'`` (uniform patches); ``'mats'`` (video by motion,
-            audio with uniform importance through ``audio_selection``).
+        use_importance: ``False`` is the RCA ablation: importance is uniform, so what remains is
+            the replay-guided exclusion plus uniform sampling of the rest.
+        use_correlation: ``False`` is the LPIS ablation: no exclusion, so what remains is
+            importance-weighted sampling alone.
+        selection: ``'stella'``; ``'random'`` (uniform patches, no AVM scores used);
+            ``'mats'`` (video by motion, paper Table 3; audio with uniform importance through
+            ``audio_selection``). The ablations keep training the AVM so costs stay comparable.
         audio_selection: ``'time'`` (Algorithm 1), ``'frequency'`` (whole frequency bands) or
             ``'none'`` (plain importance multinomial).
-        store_patches: ``True`` = STELLA+: memory keeps only the selected patches.
+        store_patches: ``True`` = STELLA+: memory keeps only the selected patches. Default
+            ``False``, or the mode of an injected ``storage_policy``.
         avm_heads: AVM heads; default the backbone's ``num_heads``.
-        memory_device: where the memory lives (CPU, pinned when CUDA is present).
+        storage_policy: a :class:`~avalanche_av.training.storage_policy.StellaBuffer` to use.
+        memory_device: where a new memory lives (CPU, pinned when CUDA is present).
         seed: seed of the memory's sampling generator.
 
     Raises:
-        ValueError: a ρ outside (0, 1], an unknown selection mode, ``mem_size < 1``, or (at the
-            start of training) a κ that does not leave at least one masked patch.
+        ValueError: a ρ outside (0, 1], an unknown selection mode, ``mem_size < 1``, a
+            ``store_patches`` that contradicts the injected buffer, or (at the start of training)
+            a κ that does not leave at least one masked patch, or another online-memory plugin
+            in the same strategy (STELLA rewrites every row of the minibatch).
+        TypeError: a ``storage_policy`` that is not a ``StellaBuffer``.
     """
+
+    #: STELLA mode, stored per sample beyond the clip (all fp16; ``D`` width, ``H`` AVM heads of
+    #: size ``d``, ``N`` patches). Tiny: 2·128 + 2·128 + 2·24 + 2·64 values -> 1,376 bytes.
+    MEMORY_FIELDS = {
+        "pooled_a": _F16,  # (D,) DER "logits": pooled audio embedding of the masked selected view
+        "pooled_v": _F16,  # (D,)
+        "query_a": _F16,  # (H, d) pooled audio query (Eq. 3), paired with later current samples
+        "query_v": _F16,  # (H, d)
+        "imp_a": _F16,  # (Na,) importance at insertion; memory samples are re-selected from it
+        "imp_v": _F16,  # (Nv,)
+        "p_excl_a": _F16,  # (Na,) exclusion probability at insertion
+        "p_excl_v": _F16,  # (Nv,)
+    }
+    #: STELLA+ mode, stored beyond the selected patches (``PATCH_FIELDS`` of the buffer).
+    PATCH_MEMORY_FIELDS = {"pooled_a": _F16, "pooled_v": _F16, "query_a": _F16, "query_v": _F16}
+    exclusive = True
 
     def __init__(
         self,
@@ -99,12 +198,12 @@ class StellaPlugin(SupervisedPlugin):
         use_correlation: bool = True,
         selection: str = "stella",
         audio_selection: str = "time",
-        store_patches: bool = False,
+        store_patches: Optional[bool] = None,
         avm_heads: Optional[int] = None,
+        storage_policy: Optional[StellaBuffer] = None,
         memory_device: str = "cpu",
         seed: int = 0,
     ):
-        super().__init__()
         for name, rho in (("rho_a", rho_a), ("rho_v", rho_v)):
             if not 0.0 < rho <= 1.0:
                 raise ValueError(f"{name} is the fraction of patches kept and must be in (0, 1], got {rho}")
@@ -112,26 +211,40 @@ class StellaPlugin(SupervisedPlugin):
             raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
         if audio_selection not in AUDIO_SELECTIONS:
             raise ValueError(f"audio_selection must be one of {AUDIO_SELECTIONS}, got {audio_selection!r}")
-        if not isinstance(mem_size, int) or mem_size < 1:
-            raise ValueError(f"mem_size must be an int >= 1, got {mem_size!r}")
-        if chunk_size < 1 or beta <= 0 or alpha < 0:
-            raise ValueError(f"need chunk_size >= 1, beta > 0, alpha >= 0; got {chunk_size}, {beta}, {alpha}")
-        if batch_size_mem is not None and batch_size_mem < 1:
-            raise ValueError(f"batch_size_mem must be >= 1 or None, got {batch_size_mem}")
-        self.mem_size = mem_size
-        self.batch_size_mem = batch_size_mem
+        if not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        if not beta > 0:
+            raise ValueError(f"beta must be > 0, got {beta}")
+        if not alpha >= 0:
+            raise ValueError(f"alpha must be >= 0, got {alpha}")
+        if storage_policy is not None:
+            if not isinstance(storage_policy, StellaBuffer):
+                raise TypeError(f"StellaPlugin needs a StellaBuffer storage policy, got {type(storage_policy).__name__}")
+            if store_patches is not None and store_patches != storage_policy.store_patches:
+                raise ValueError(
+                    f"store_patches={store_patches} contradicts the injected StellaBuffer "
+                    f"(store_patches={storage_policy.store_patches})"
+                )
+            store_patches = storage_policy.store_patches
+        self.store_patches = bool(store_patches)
+        super().__init__(mem_size, batch_size_mem, storage_policy, memory_device, seed)
         self.rho_a, self.rho_v = rho_a, rho_v
         self.chunk_size, self.beta, self.alpha = chunk_size, beta, alpha
         self.use_importance, self.use_correlation = use_importance, use_correlation
         self.selection, self.audio_selection = selection, audio_selection
-        self.store_patches = store_patches
         self.avm_heads = avm_heads
-        self.storage = StellaBuffer(mem_size, store_patches=store_patches, device=memory_device)
-        self.storage.seed(seed)
         self.avm: Optional[AVMatching] = None
         self.kappa_a = self.kappa_v = 0
+        #: the step in flight (between before_forward and after_training_iteration)
+        self.step: Optional[StellaStep] = None
         self.last_stats: Optional[StellaStepStats] = None
-        self._step: dict = {}
+
+    # ------------------------------------------------------------------ memory layout
+    def make_storage(self, mem_size: int, device: str) -> StellaBuffer:
+        return StellaBuffer(mem_size, store_patches=self.store_patches, device=device)
+
+    def memory_fields(self) -> Dict[str, torch.dtype]:
+        return dict(self.PATCH_MEMORY_FIELDS if self.store_patches else self.MEMORY_FIELDS)
 
     # ------------------------------------------------------------------ setup
     def _setup(self, strategy) -> None:
@@ -142,7 +255,7 @@ class StellaPlugin(SupervisedPlugin):
         params = list(self.avm.parameters())
         in_opt = {id(p) for g in strategy.optimizer.param_groups for p in g["params"]}
         if not any(id(p) in in_opt for p in params):
-            # Same learning rate and optimizer as the backbone (SPEC §3).
+            # Same optimizer and learning rate as the backbone (paper Sec. 4.1).
             strategy.optimizer.add_param_group({"params": params})
         self.kappa_a = max(1, round(self.rho_a * c.num_audio_patches))
         self.kappa_v = max(1, round(self.rho_v * c.num_video_patches))
@@ -161,180 +274,234 @@ class StellaPlugin(SupervisedPlugin):
         self._setup(strategy)
 
     def before_training(self, strategy, **kwargs):
+        super().before_training(strategy, **kwargs)
         self._setup(strategy)
         self.avm.train()
 
-    # ------------------------------------------------------------------ selection helpers
-    def _select_audio(self, imp: torch.Tensor, excl: torch.Tensor, first_step: bool, c) -> torch.Tensor:
+    # ------------------------------------------------------------------ stages
+    def _score(self, strategy, audio: Tensor, video: Tensor) -> StellaScores:
+        """Stage 1: unmasked joint features of the current clips and the AVM on true pairs.
+
+        Args:
+            audio: ``(B, T, F)`` float32 fbank. video: ``(B, n, 3, H, W)`` normalised frames.
+        """
+        model = strategy.model
+        with torch.no_grad(), strategy.autocast():
+            pa, pv = model.patchify(audio, video)
+            a_tok, v_tok = model.encode_full(pa, pv)
+            fa, fv = model.fuse(a_tok, v_tok)
+            out = self.avm(fa, fv, return_attn=True)
+        return StellaScores(pa, pv, a_tok, v_tok, fa, fv, out)
+
+    def _avm_loss(self, strategy, scores: StellaScores) -> tuple[Tensor, Tensor]:
+        """Stage 2: the AVM's matching loss on the current samples (gradients reach only the AVM).
+
+        Returns:
+            ``loss ()`` with the AVM's graph, ``acc ()`` detached match accuracy.
+        """
+        b = scores.fused_a.shape[0]
+        perm, is_match = make_avm_pairs(b)
+        # Fusion is per sample, so the matched rows of the AVM batch equal the scored (fa, fv):
+        # only the deranged rows go through the shared blocks again. Indices are built on CPU.
+        neg = torch.nonzero(is_match == 0).squeeze(1).to(strategy.device)
+        perm, is_match = perm.to(strategy.device), is_match.to(strategy.device)
+        fa, fv = scores.fused_a.clone(), scores.fused_v.clone()
+        if neg.numel():
+            with torch.no_grad(), strategy.autocast():
+                fa[neg], fv[neg] = strategy.model.fuse(scores.tokens_a[neg], scores.tokens_v[perm[neg]])
+        with strategy.autocast():
+            logit = self.avm(fa, fv, return_attn=False).logit.float()
+        loss = avm_loss(logit, is_match)
+        acc = ((logit.detach() > 0).float() == is_match).float().mean()
+        return loss, acc
+
+    def _importance(self, scores: StellaScores, n_frames: int) -> tuple[Tensor, ...]:
+        """Stage 3: importance (Eq. 2), top-κ candidates and pooled queries (Eq. 3).
+
+        Returns:
+            ``imp_a (B, Na)``, ``imp_v (B, Nv)``, ``cand_a (B, κa)``, ``cand_v (B, κv)``,
+            ``query_a (B, H, d)``, ``query_v (B, H, d)``.
+        """
+        out = scores.avm
+        b, na = scores.patches_a.shape[:2]
+        nv = scores.patches_v.shape[1]
+        dev = scores.patches_a.device
+        if self.selection == "mats":
+            imp_v = sel.mats_scores(scores.patches_v, n_frames)
+            imp_a = torch.ones(b, na, device=dev)
+        elif self.selection == "stella" and self.use_importance:
+            imp_v = sel.importance(out.attn_logits_av, self.beta)
+            imp_a = sel.importance(out.attn_logits_va, self.beta)
+        else:
+            imp_v = torch.ones(b, nv, device=dev)
+            imp_a = torch.ones(b, na, device=dev)
+        cand_a = sel.top_candidates(imp_a, self.kappa_a)
+        cand_v = sel.top_candidates(imp_v, self.kappa_v)
+        query_a = sel.pooled_query(out.q_a.float(), imp_a, cand_a)
+        query_v = sel.pooled_query(out.q_v.float(), imp_v, cand_v)
+        return imp_a, imp_v, cand_a, cand_v, query_a, query_v
+
+    def _exclusion(self, step: StellaStep, memory: Optional[Dict[str, Tensor]]) -> tuple[Tensor, Tensor]:
+        """Stage 4: exclusion probabilities (Eq. 4) against one random memory sample per row.
+
+        A video patch's probability compares the past (a memory sample's stored **audio**
+        query) with the current pooled audio query; audio likewise with video queries.
+
+        Returns:
+            ``p_excl_a (B, Na)``, ``p_excl_v (B, Nv)``: zero without memory, with
+            ``use_correlation=False``, under the Random/MATS ablations, and off-candidate.
+        """
+        p_a = torch.zeros_like(step.imp_a)
+        p_v = torch.zeros_like(step.imp_v)
+        if memory is None or not self.use_correlation or self.selection != "stella":
+            return p_a, p_v
+        out = step.scores.avm
+        b = step.n_current
+        m = memory["query_a"].shape[0]
+        pair = torch.randint(0, m, (b,), device=p_a.device)
+        p_v = sel.correlation_prob(
+            out.k_v.float(), memory["query_a"][pair].float(), step.query_a,
+            sel.candidate_mask(step.cand_v, p_v.shape[1]),
+        )
+        p_a = sel.correlation_prob(
+            out.k_a.float(), memory["query_v"][pair].float(), step.query_v,
+            sel.candidate_mask(step.cand_a, p_a.shape[1]),
+        )
+        return p_a, p_v
+
+    def _select_audio(self, imp: Tensor, excl: Tensor, first_step: bool, c) -> Tensor:
         if self.selection == "random":
             return sel.select_random(c.num_audio_patches, imp.shape[0], self.kappa_a, device=imp.device)
         if self.audio_selection == "time":
-            return sel.select_audio_time_chunks(imp, excl, c.n_time, c.n_freq, self.kappa_a, self.chunk_size)
+            return sel.select_audio_time_chunks(
+                imp, excl, c.n_time, c.n_freq, self.kappa_a, self.chunk_size, first_step=first_step
+            )
         if self.audio_selection == "frequency":
             return sel.select_audio_frequency(imp, excl, c.n_time, c.n_freq, self.kappa_a)
         return sel.select_audio_none(imp, excl, self.kappa_a, first_step=first_step)
 
-    def _select_video(self, imp: torch.Tensor, excl: torch.Tensor, first_step: bool, c) -> torch.Tensor:
+    def _select_video(self, imp: Tensor, excl: Tensor, first_step: bool, c) -> Tensor:
         if self.selection == "random":
             return sel.select_random(c.num_video_patches, imp.shape[0], self.kappa_v, device=imp.device)
-        if self.selection == "mats":
+        if self.selection == "mats":  # deterministic top-κ by motion
             return sel.select_video(imp, excl, self.kappa_v, first_step=True)
         return sel.select_video(imp, excl, self.kappa_v, first_step=first_step)
 
-    # ------------------------------------------------------------------ the step
-    def before_forward(self, strategy, **kwargs):
-        model, c = strategy.model, strategy.model.config
-        audio, video = strategy.mb_audio, strategy.mb_video
-        b = audio.shape[0]
-        pa, pv = model.patchify(audio, video)
-        full_a = model._full_idx(pa)
-        full_v = model._full_idx(pv)
+    def _select_current(self, step: StellaStep, c) -> PatchBatch:
+        """Stage 5a: choose the current samples' patches from this step's scores and masks."""
+        step.idx_a = self._select_audio(step.imp_a, step.excl_a, step.first_step, c)
+        step.idx_v = self._select_video(step.imp_v, step.excl_v, step.first_step, c)
+        s = step.scores
+        return PatchBatch(gather_patches(s.patches_a, step.idx_a), step.idx_a,
+                          gather_patches(s.patches_v, step.idx_v), step.idx_v)
 
-        # 1-2. Joint features without gradients; AVM trained on current samples only.
-        with torch.no_grad(), strategy.autocast():
-            a_tok, v_tok = model.encode_modalities(pa, full_a, pv, full_v)
-            fa, fv = model.fuse(a_tok, v_tok)
-            perm, is_match = make_avm_pairs(b)
-            # Fusion is per sample, so matched rows of the AVM batch equal (fa, fv): only the
-            # deranged rows go through the shared blocks again. Indices come from CPU (no sync).
-            neg = torch.nonzero(is_match == 0).squeeze(1).to(strategy.device)
-            perm, is_match = perm.to(strategy.device), is_match.to(strategy.device)
-            fa_n, fv_n = fa.clone(), fv.clone()
-            if neg.numel():
-                fa_n[neg], fv_n[neg] = model.fuse(a_tok[neg], v_tok[perm[neg]])
-        with strategy.autocast():
-            train_out = self.avm(fa_n.detach(), fv_n.detach(), return_attn=False)
-            loss_avm = avm_loss(train_out.logit.float(), is_match)
-        with torch.no_grad():
-            with strategy.autocast():
-                score = self.avm(fa, fv, return_attn=True)
-            q_a, k_a, q_v, k_v = (t.float() for t in (score.q_a, score.k_a, score.q_v, score.k_v))
-
-            # 3. Importance and pooled queries.
-            if self.selection == "mats":
-                imp_v = sel.mats_scores(pv, c.n_frames)
-                imp_a = torch.ones(b, c.num_audio_patches, device=audio.device)
-            elif self.use_importance and self.selection == "stella":
-                imp_v = sel.importance(score.attn_logits_av, self.beta)
-                imp_a = sel.importance(score.attn_logits_va, self.beta)
-            else:
-                imp_v = torch.ones(b, c.num_video_patches, device=audio.device)
-                imp_a = torch.ones(b, c.num_audio_patches, device=audio.device)
-            cand_a = sel.top_candidates(imp_a, self.kappa_a)
-            cand_v = sel.top_candidates(imp_v, self.kappa_v)
-            query_a = sel.pooled_query(q_a, imp_a, cand_a)  # (B, H, d)
-            query_v = sel.pooled_query(q_v, imp_v, cand_v)
-
-            # 4. Memory batch and replay-guided correlation.
-            mem = None
-            first_step = len(self.storage) == 0
-            p_a = torch.zeros_like(imp_a)
-            p_v = torch.zeros_like(imp_v)
-            if not first_step:
-                _, mem = self.storage.sample(self.batch_size_mem or b, device=strategy.device)
-                if self.use_correlation and self.selection == "stella":
-                    m = mem["query_a"].shape[0]
-                    pair = torch.randint(0, m, (b,), device=strategy.device)
-                    p_v = sel.correlation_prob(
-                        k_v, mem["query_a"][pair].float(), query_a, sel.candidate_mask(cand_v, c.num_video_patches)
-                    )
-                    p_a = sel.correlation_prob(
-                        k_a, mem["query_v"][pair].float(), query_v, sel.candidate_mask(cand_a, c.num_audio_patches)
-                    )
-            excl_a = sel.bernoulli_exclusion(p_a)
-            excl_v = sel.bernoulli_exclusion(p_v)
-
-            # 5. Select current patches; then memory patches.
-            idx_a = self._select_audio(imp_a, excl_a, first_step, c)
-            idx_v = self._select_video(imp_v, excl_v, first_step, c)
-            parts = [PatchBatch(gather_patches(pa, idx_a), idx_a, gather_patches(pv, idx_v), idx_v)]
-            if mem is not None:
-                parts.append(self._memory_patches(model, mem, c))
-
-        # 6. The backbone trains on [current; memory] inside the selection.
-        strategy.mb_patches = PatchBatch.cat(parts)
-        self._step = {
-            "b": b, "mem": mem, "loss_avm": loss_avm, "idx_a": idx_a, "idx_v": idx_v,
-            "query_a": query_a, "query_v": query_v, "imp_a": imp_a, "imp_v": imp_v, "p_a": p_a, "p_v": p_v,
-            "pa": pa,
-        }
-        self.last_stats = StellaStepStats(
-            avm_loss=loss_avm.detach(),
-            avm_acc=((train_out.logit.detach() > 0).float() == is_match).float().mean(),
-            penalty=None,
-            n_current=b,
-            n_memory=0 if mem is None else len(parts[1]),
-            excluded_frac_v=excl_v.float().mean(),
-            excluded_frac_a=excl_a.float().mean(),
-        )
-
-    def _memory_patches(self, model, mem: dict, c) -> PatchBatch:
-        if self.store_patches:  # STELLA+: stored patches are replayed as they are
+    def _select_memory(self, model, memory: Dict[str, Tensor]) -> PatchBatch:
+        """Stage 5b: memory patches. STELLA re-selects from the **stored** (stale) importance and
+        exclusion probabilities with fresh Bernoulli and multinomial draws; STELLA+ replays the
+        stored patches as they are."""
+        if self.store_patches:
             return PatchBatch(
-                mem["patches_a"].float(), mem["idx_a"].long(),
-                normalize_video_patches(mem["patches_v"]), mem["idx_v"].long(),
+                memory["patches_a"].float(), memory["idx_a"].long(),
+                normalize_video_patches(memory["patches_v"]), memory["idx_v"].long(),
             )
-        pa, pv = model.patchify(mem["audio"].float(), prepare_video(mem["video"]))
-        # Stored (stale) scores, fresh Bernoulli and multinomial draws.
-        excl_a = sel.bernoulli_exclusion(mem["excl_a"].float())
-        excl_v = sel.bernoulli_exclusion(mem["excl_v"].float())
-        imp_a, imp_v = mem["imp_a"].float(), mem["imp_v"].float()
-        idx_a = self._select_audio(imp_a, excl_a, False, c)
-        idx_v = self._select_video(imp_v, excl_v, False, c)
+        c = model.config
+        pa, pv = model.patchify(memory["audio"].float(), prepare_video(memory["video"]))
+        excl_a = sel.bernoulli_exclusion(memory["p_excl_a"].float())
+        excl_v = sel.bernoulli_exclusion(memory["p_excl_v"].float())
+        idx_a = self._select_audio(memory["imp_a"].float(), excl_a, False, c)
+        idx_v = self._select_video(memory["imp_v"].float(), excl_v, False, c)
         return PatchBatch(gather_patches(pa, idx_a), idx_a, gather_patches(pv, idx_v), idx_v)
 
+    # ------------------------------------------------------------------ hooks
+    def before_forward(self, strategy, **kwargs):
+        model, c = strategy.model, strategy.model.config
+        b = strategy.mb_n_current
+        memory = self.draw_memory(strategy)
+        with record_function("stella.score"):
+            scores = self._score(strategy, strategy.mb_audio[:b], strategy.mb_video[:b])
+        with record_function("stella.avm_loss"):
+            loss_avm, acc = self._avm_loss(strategy, scores)
+        step = StellaStep(n_current=b, first_step=memory is None, scores=scores, avm_loss=loss_avm, avm_acc=acc,
+                          memory=memory)
+        with torch.no_grad():
+            with record_function("stella.importance"):
+                (step.imp_a, step.imp_v, step.cand_a, step.cand_v,
+                 step.query_a, step.query_v) = self._importance(scores, c.n_frames)
+            with record_function("stella.exclusion"):
+                step.p_excl_a, step.p_excl_v = self._exclusion(step, memory)
+                step.excl_a = sel.bernoulli_exclusion(step.p_excl_a)
+                step.excl_v = sel.bernoulli_exclusion(step.p_excl_v)
+            with record_function("stella.select_current"):
+                parts = [self._select_current(step, c)]
+            if memory is not None:
+                with record_function("stella.select_memory"):
+                    parts.append(self._select_memory(model, memory))
+        if memory is not None:
+            if self.store_patches:
+                strategy.append_memory(self, None, n_rows=len(parts[1]))
+            else:
+                strategy.append_memory(self, {k: memory[k] for k in ("audio", "video", "target", "clip_id")})
+        # The backbone trains on [current; memory] inside the selection.
+        strategy.mb_patches = PatchBatch.cat(parts)
+        self.step = step
+        self.mem_batch = memory
+        self.last_stats = StellaStepStats(
+            avm_loss=loss_avm.detach(), avm_acc=acc, penalty=None, n_current=b,
+            n_memory=0 if memory is None else len(parts[1]),
+            excluded_frac_v=step.excl_v.float().mean(), excluded_frac_a=step.excl_a.float().mean(),
+        )
+
     def before_backward(self, strategy, **kwargs):
-        s = self._step
-        loss = s["loss_avm"]
-        mem = s["mem"]
-        if mem is not None:
-            out, b = strategy.mb_output, s["b"]
-            pen = embedding_penalty(out.pooled_a[b:], out.pooled_v[b:], mem["pooled_a"], mem["pooled_v"])
+        step = self.step
+        loss = step.avm_loss
+        rows = strategy.memory_rows(self)
+        if rows is not None:
+            with record_function("stella.penalty"):
+                out, mem = strategy.mb_output, step.memory
+                pen = embedding_penalty(out.pooled_a[rows], out.pooled_v[rows], mem["pooled_a"], mem["pooled_v"])
             loss = loss + self.alpha * pen
-            self.last_stats.penalty = pen.detach()
+            step.penalty = self.last_stats.penalty = pen.detach()
         strategy.loss = strategy.loss + loss
 
-    def after_training_iteration(self, strategy, **kwargs):
-        s = self._step
-        b = s["b"]
-        out, mb = strategy.mb_output, strategy.mbatch
+    def insert_fields(self, strategy) -> Dict[str, Tensor]:
+        """What the current samples store: the fields of :attr:`MEMORY_FIELDS` (STELLA) or the
+        selected patches plus :attr:`PATCH_MEMORY_FIELDS` (STELLA+)."""
+        step, b, out = self.step, self.step.n_current, strategy.mb_output
         fields = {
-            "target": mb[2][:b],
-            "clip_id": mb[3][:b],
+            "target": strategy.mb_target[:b],
+            "clip_id": strategy.mb_clip_id[:b],
             "pooled_a": out.pooled_a[:b].detach(),
             "pooled_v": out.pooled_v[:b].detach(),
-            "query_a": s["query_a"],
-            "query_v": s["query_v"],
+            "query_a": step.query_a,
+            "query_v": step.query_v,
         }
         if self.store_patches:
-            raw_v = patchify_video(to_uint8_frames(mb[1][:b]), strategy.model.config.patch_size)
+            clips = strategy.current_clips()
+            raw_v = patchify_video(clips["video"], strategy.model.config.patch_size)
             fields.update(
-                patches_a=gather_patches(s["pa"], s["idx_a"]),
-                idx_a=s["idx_a"],
-                patches_v=gather_patches(raw_v, s["idx_v"]),
-                idx_v=s["idx_v"],
+                patches_a=gather_patches(step.scores.patches_a, step.idx_a), idx_a=step.idx_a,
+                patches_v=gather_patches(raw_v, step.idx_v), idx_v=step.idx_v,
             )
         else:
+            clips = strategy.current_clips()
             fields.update(
-                audio=mb[0][:b], video=to_uint8_frames(mb[1][:b]),
-                imp_a=s["imp_a"], imp_v=s["imp_v"], excl_a=s["p_a"], excl_v=s["p_v"],
+                audio=clips["audio"], video=clips["video"],
+                imp_a=step.imp_a, imp_v=step.imp_v, p_excl_a=step.p_excl_a, p_excl_v=step.p_excl_v,
             )
-        self.storage.add(fields)
-        self._step = {}
+        return fields
+
+    def after_training_iteration(self, strategy, **kwargs):
+        with record_function("stella.memory_update"):
+            super().after_training_iteration(strategy, **kwargs)
+        self.step = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {
-            "avm": self.avm.state_dict() if self.avm is not None else None,
-            "storage": self.storage.state_dict(),
-        }
+        return {**super().state_dict(), "avm": self.avm.state_dict() if self.avm is not None else None}
 
     def load_state_dict(self, state: dict) -> None:
         if state["avm"] is not None:
             if self.avm is None:
                 raise ValueError("call prepare_for_load(strategy) before loading a StellaPlugin state")
             self.avm.load_state_dict(state["avm"])
-        self.storage.load_state_dict(state["storage"])
-
-    def memory_bytes_per_sample(self) -> int:
-        return self.storage.bytes_per_sample()
+        super().load_state_dict(state)
