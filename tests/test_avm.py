@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from avalanche_av.models.avm import AVMatching, avm_loss, derangement, make_avm_pairs
-from avalanche_av.training.selection import importance
+from avalanche_av import models
+from avalanche_av.models.avm import AVMatching, avm_loss, derangement, importance, make_avm_pairs
+from avalanche_av.training import selection
 
 torch.set_num_threads(1)
 
@@ -76,7 +77,8 @@ def test_derangement_has_no_fixed_points():
         derangement(1)
 
 
-@pytest.mark.parametrize("b,n_neg", [(48, 24), (7, 3), (4, 2), (3, 2), (2, 2)])
+# ceil(B/2) negatives as in the authors' code (B // 2 positives); two at B = 2 (a derangement needs two).
+@pytest.mark.parametrize("b,n_neg", [(48, 24), (9, 5), (7, 4), (5, 3), (4, 2), (3, 2), (2, 2)])
 def test_make_avm_pairs(b, n_neg):
     g = torch.Generator().manual_seed(b)
     for _ in range(10):
@@ -145,3 +147,50 @@ def test_avm_learns_to_separate_matched_and_deranged_pairs():
         opt.step()
     acc = accuracy()
     assert acc0 < 0.65 and acc > 0.8, (acc0, acc)
+
+
+def test_importance_lives_with_the_avm_and_is_reexported():
+    # One function: models owns the readout, training.selection and the package re-export it.
+    assert selection.importance is importance is models.importance
+    assert "importance" in selection.__all__ and "importance" in models.__all__
+
+
+@pytest.mark.parametrize("return_attn", [False, True])
+def test_fused_and_explicit_attention_agree(return_attn):
+    torch.manual_seed(3)
+    b, na, nv, d, h = 3, 6, 10, 32, 4
+    m = AVMatching(d, h)
+    assert m.fused_attn  # timm's default
+    fa, fv = torch.randn(b, na, d), torch.randn(b, nv, d)
+    outs, grads = [], []
+    for fused in (True, False):
+        m.fused_attn = fused
+        m.zero_grad()
+        out = m(fa, fv, return_attn=return_attn)
+        out.logit.sum().backward()
+        outs.append(out)
+        grads.append([p.grad.clone() for p in m.parameters()])
+    fused_out, explicit_out = outs
+    torch.testing.assert_close(fused_out.logit, explicit_out.logit, rtol=1e-5, atol=1e-6)
+    for a, e in zip(grads[0], grads[1]):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+    for a, e in zip(fused_out[1:], explicit_out[1:]):
+        if a is None:
+            assert e is None
+        else:
+            torch.testing.assert_close(a, e)
+
+
+def test_explicit_attention_materialises_the_probabilities():
+    # The explicit kernel is the one that saves the (B, H, Nq, Nk) probabilities for backward;
+    # that is what the switch exists to measure.
+    torch.manual_seed(0)
+    b, na, nv, d, h = 2, 5, 7, 16, 2
+    m = AVMatching(d, h)
+    fa, fv = torch.randn(b, na, d), torch.randn(b, nv, d)
+    m.fused_attn = False
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        m(fa, fv, return_attn=False)
+    # (Whether SDPA saves them depends on the backend torch picks, so the fused side is not asserted.)
+    assert (b, h, na, nv) in saved and (b, h, nv, na) in saved

@@ -180,3 +180,38 @@ def test_unknown_preset_and_field():
         AVMAEConfig(audio_length=100)
     with pytest.raises(ValueError, match="mask_ratio"):
         AVMAEConfig(mask_ratio=1.0)
+
+
+def test_num_visible_floors_like_the_authors_code():
+    cfg = get_config("base")
+    # The authors' code keeps int(L * (1 - mask_ratio)) tokens: 156.8 -> 156 video, 102.4 -> 102 audio.
+    assert cfg.num_visible(784, 0.8) == 156
+    assert cfg.num_visible(cfg.num_video_patches) == 156
+    assert cfg.num_visible(cfg.num_audio_patches) == 102
+    assert get_config("cav_mae_base").num_visible(196) == 49  # 0.25 * 196, exact
+    # Exact products stay exact although 1 - 0.8 is 0.19999999999999996 in floats.
+    assert cfg.num_visible(10, 0.8) == 2 and cfg.num_visible(5, 0.8) == 1
+    assert cfg.num_visible(3, 0.9) == 1  # never below one visible token
+
+
+@pytest.mark.parametrize("preset", ["tiny", "base", "cav_mae_base"])
+def test_default_stella_kappa_leaves_patches_to_reconstruct(preset):
+    # STELLA keeps κ = ρ·N patches (ρ = 0.5 by default) and needs κ > visible count.
+    cfg = get_config(preset)
+    for n in (cfg.num_audio_patches, cfg.num_video_patches):
+        assert round(0.5 * n) > cfg.num_visible(n)
+
+
+def test_base_encoder_sees_156_video_tokens_of_a_subset():
+    # A tiny-width model with base's token grid: the masked count follows the floored visible count.
+    m = create_model(
+        "base", embed_dim=32, num_heads=2, modality_depth=0, shared_depth=1, decoder_dim=16,
+        decoder_depth=1, decoder_heads=2,
+    ).eval()
+    cfg = m.config
+    a, v = _inputs(cfg, b=1)
+    iv = torch.arange(0, 392).unsqueeze(0)  # κ_v = 392 kept video patches
+    with torch.no_grad():
+        out = m(a, v, video_idx=iv, generator=torch.Generator().manual_seed(0))
+    assert out.video_masked_idx.shape == (1, 392 - 156)
+    assert out.audio_masked_idx.shape == (1, 512 - 102)

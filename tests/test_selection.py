@@ -41,18 +41,20 @@ torch.set_num_threads(1)
 def _ref_walk(
     chunks: List[torch.Tensor], avail: torch.Tensor, order: List[int], quota: int, start_side: bool
 ) -> List[int]:
-    """Walk chunks in ``order`` taking ``avail`` patches until ``quota`` (one sample)."""
+    """Walk chunks in ``order`` taking ``avail`` patches until ``quota`` (one sample).
+
+    A neighbour walked earlier counts for the trim side even if it had no available patch.
+    """
     taken: List[int] = []
-    contributed = set()
+    walked = set()
     for c in order:
         av = chunks[c][avail[chunks[c]]]
         if len(taken) + len(av) <= quota:
             taken += av.tolist()
-            if len(av) > 0:
-                contributed.add(c)
+            walked.add(c)
             continue
         need = quota - len(taken)
-        left, right = (c - 1) in contributed, (c + 1) in contributed
+        left, right = (c - 1) in walked, (c + 1) in walked
         keep_start = left if left != right else start_side
         seq = av if keep_start else av.flip(0)
         taken += seq[:need].tolist()
@@ -355,6 +357,94 @@ def test_audio_trim_side_hand_built():
     assert run([0, 2, 1], 20, False) == list(range(0, 8)) + [12, 13, 14, 15] + list(range(16, 24))
     # Exact fill: no partial chunk, later chunks dropped.
     assert run([2, 0, 1], 16, True) == list(range(0, 8)) + list(range(16, 24))
+
+
+def test_audio_trim_side_counts_walked_but_excluded_neighbour():
+    # 12 time steps x 2 freq, L_c = 4: chunk 0 = indices 0..7, chunk 1 = 8..15, chunk 2 = 16..23.
+    def run(order, kappa, side, all_excluded):
+        ex = torch.zeros(1, 24, dtype=torch.bool)
+        lo = all_excluded * 8
+        ex[0, lo : lo + 8] = True
+        return audio_chunks_from_order(
+            ex, torch.tensor([order]), 12, 2, kappa, 4, torch.tensor([side])
+        )[0].tolist()
+
+    # Order (2, 1, 0), chunk 2 walked first but fully excluded, chunk 1 trimmed to 4: chunk 2
+    # counts as the walked right neighbour, so the end of chunk 1 (times 6, 7) is kept whatever
+    # the coin says (the authors' rule; "contributed patches" would have tossed the coin).
+    for side in (True, False):
+        assert run([2, 1, 0], 4, side, all_excluded=2) == [12, 13, 14, 15]
+        # Mirror image: chunk 0 walked but excluded on the left keeps the start of chunk 1.
+        assert run([0, 1, 2], 4, side, all_excluded=0) == [8, 9, 10, 11]
+    # Chunk 0 (excluded) and chunk 2 (8 patches) both walked before chunk 1: a tie, the coin decides.
+    assert run([0, 2, 1], 12, True, all_excluded=0) == [8, 9, 10, 11] + list(range(16, 24))
+    assert run([0, 2, 1], 12, False, all_excluded=0) == [12, 13, 14, 15] + list(range(16, 24))
+
+
+def _authors_rule_kept(excluded, order, n_freq, chunk_size, kappa, keep_start_on_tie):
+    """Algorithm 1 as the authors' code runs it, written as a prune mask over one sample.
+
+    Walk the chunks in ``order``, counting their non-pruned patches; on the chunk where the count
+    first exceeds κ, prune the excess from the side away from a neighbour that appears earlier
+    in ``order`` (the coin when both or neither do), prune every later chunk, and keep what is
+    left unpruned. Only valid when at least κ patches are non-excluded.
+    """
+    prune = excluded.clone().reshape(len(order), chunk_size * n_freq)
+    walked, count = [], 0
+    for pos, c in enumerate(order):
+        free = (~prune[c]).nonzero().squeeze(1)
+        count += free.numel()
+        if count > kappa:
+            excess = count - kappa
+            left, right = (c - 1) in walked, (c + 1) in walked
+            keep_start = left if left != right else keep_start_on_tie
+            prune[c, free[-excess:] if keep_start else free[:excess]] = True
+            for later in order[pos + 1 :]:
+                prune[later] = True
+            break
+        walked.append(c)
+    return (~prune).reshape(-1).nonzero().squeeze(1).tolist()
+
+
+@pytest.mark.parametrize("p_ex", [0.0, 0.3, 0.6])
+def test_audio_walk_matches_the_authors_rule(p_ex):
+    # Random orders and exclusions, including chunks with every patch excluded.
+    g = torch.Generator().manual_seed(int(p_ex * 10))
+    n_time, n_freq, chunk, kappa = 16, 2, 4, 10  # 4 chunks of 8 patches
+    checked = 0
+    for _ in range(200):
+        ex = torch.rand(1, n_time * n_freq, generator=g) < p_ex
+        if p_ex:
+            ex[0, torch.randint(0, 4, (1,), generator=g) * 8 + torch.arange(8)] = True  # one dead chunk
+        if int((~ex).sum()) < kappa:
+            continue  # the authors' code has no readmission pass (docs/deviations.md)
+        order = torch.randperm(4, generator=g)
+        side = bool(torch.rand(1, generator=g) < 0.5)
+        got = audio_chunks_from_order(ex, order[None], n_time, n_freq, kappa, chunk, torch.tensor([side]))
+        assert got[0].tolist() == _authors_rule_kept(ex[0], order.tolist(), n_freq, chunk, kappa, side)
+        checked += 1
+    assert checked >= 50
+
+
+def test_audio_first_step_is_per_patch_top_kappa():
+    # With an empty memory the authors' code keeps the per-patch top-κ: no chunks, no walk.
+    g = torch.Generator().manual_seed(5)
+    n_time, n_freq, kappa = 16, 4, 22
+    imp = torch.rand(6, n_time * n_freq, generator=g)
+    ex = torch.zeros_like(imp, dtype=torch.bool)
+    want = imp.topk(kappa, dim=1).indices.sort(1).values
+    got = select_audio_time_chunks(imp, ex, n_time, n_freq, kappa, 4, g, first_step=True)
+    assert torch.equal(got, want)
+    # Planted: scattered single patches, one per chunk, beat any whole chunk.
+    imp2 = torch.full((1, n_time * n_freq), 0.01)
+    planted = [1, 19, 38, 60]
+    imp2[0, planted] = 1.0
+    assert select_audio_time_chunks(imp2, ex[:1], n_time, n_freq, 4, 4, g, first_step=True)[0].tolist() == planted
+    walked = select_audio_time_chunks(imp2, ex[:1], n_time, n_freq, 4, 4, g)[0]
+    assert len({(i // n_freq) // 4 for i in walked.tolist()}) == 1  # later steps take one chunk
+    # The frequency ablation follows the same first-step rule.
+    got_f = select_audio_frequency(imp, ex, n_time, n_freq, kappa, generator=g, first_step=True)
+    assert torch.equal(got_f, want)
 
 
 def test_audio_trim_skips_excluded_patches():

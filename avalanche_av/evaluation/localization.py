@@ -16,9 +16,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from ..models.avm import AVMatching, derangement
+from ..models.avm import AVMatching, derangement, importance
 from ..models.inputs import prepare_audio, prepare_video
-from ..training.selection import importance
 
 __all__ = ["avm_importance", "importance_share", "avm_match_accuracy", "plot_attention_map"]
 

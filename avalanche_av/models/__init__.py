@@ -1,6 +1,6 @@
 """Models: the CAV-MAE-family backbone, its presets and STELLA's AVM module."""
 from .av_mae import AVMAE, AVMAEConfig, AVMAEOutput, FusionBlock, info_nce
-from .avm import AVMatching, AVMOutput, avm_loss, derangement, make_avm_pairs
+from .avm import AVMatching, AVMOutput, avm_loss, derangement, importance, make_avm_pairs
 from .presets import PRESETS, create_model, get_config, list_presets
 
 __all__ = [
@@ -9,6 +9,7 @@ __all__ = [
     "AVMOutput",
     "avm_loss",
     "derangement",
+    "importance",
     "make_avm_pairs",
     "AVMAEConfig",
     "AVMAEOutput",

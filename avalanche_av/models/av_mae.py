@@ -1,4 +1,6 @@
-"""CAV-MAE-family audio-video masked autoencoder (SPEC §2), with patch-subset inputs.
+"""CAV-MAE-family audio-video masked autoencoder, with patch-subset inputs.
+
+The backbone is the one STELLA pre-trains (paper Sec. 3.1, its objectives in Appendix C).
 
 Shapes used throughout (base preset in brackets):
 
@@ -20,12 +22,14 @@ Three forward paths, as in CAV-MAE:
 
 Patch subsets. ``forward_patches`` takes gathered patches plus their *original* indices
 ``(B, K)``; every token gets the positional embedding of its original index. Masking happens
-inside the subset: ``round((1 - mask_ratio) * N_full)`` tokens are visible (the same count as
-without a subset, SPEC §3 "MAE inside the selection"), the rest of the subset is masked,
-decoded and scored. Without a subset, the subset is the whole clip and this is plain MAE.
+inside the subset: ``floor((1 - mask_ratio) * N_full)`` tokens are visible (the same count as
+without a subset, as in the authors' code; docs/models.md "Patch subsets"), the rest of the
+subset is masked, decoded and scored. Without a subset, the subset is the whole clip and this is
+plain MAE.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -67,9 +71,10 @@ class AVMAEConfig:
     contrastive_weight: float = 0.1  #: λ in L = ℓ_r + λ·ℓ_c
     temperature: float = 0.05  #: τ of the InfoNCE
     norm_pix_loss: bool = True
-    #: Extension beyond SPEC (off in ``base``/``cav_mae_base``): add a 1-D sin-cos embedding of the
-    #: frame index to video tokens, so the model can tell frames apart. SPEC repeats the 2-D
-    #: embedding over frames; the tiny synthetic stream's timing cue needs frame identity.
+    #: Extension beyond the paper (off in ``base``/``cav_mae_base``; docs/deviations.md): add a 1-D
+    #: sin-cos embedding of the frame index to video tokens, so the model can tell frames apart.
+    #: CAV-MAE repeats the 2-D embedding over frames; the tiny synthetic stream's timing cue needs
+    #: frame identity.
     frame_pos_embed: bool = False
 
     def __post_init__(self) -> None:
@@ -129,9 +134,15 @@ class AVMAEConfig:
         return 3 * self.patch_size**2
 
     def num_visible(self, n_full: int, mask_ratio: Optional[float] = None) -> int:
-        """Visible tokens for a clip of ``n_full`` patches: ``round((1 - mask_ratio) * n_full)``, at least 1."""
+        """Visible tokens for a clip of ``n_full`` patches: ``floor((1 - mask_ratio) * n_full)``, at least 1.
+
+        The floor matches the authors' code and CAV-MAE (``int(L * (1 - mask_ratio))``): 156 of 784
+        video tokens and 102 of 512 audio tokens in ``base``. A 1e-9 tolerance keeps float error in
+        ``1 - mask_ratio`` from dropping a token where the exact product is an integer: a bare
+        ``int()`` gives 1 for ``mask_ratio=0.8, n_full=10``, this gives 2.
+        """
         r = self.mask_ratio if mask_ratio is None else mask_ratio
-        return max(1, int(round((1.0 - r) * n_full)))
+        return max(1, math.floor((1.0 - r) * n_full + 1e-9))
 
     def replace(self, **overrides) -> "AVMAEConfig":
         known = {f.name for f in fields(self)}
@@ -393,7 +404,10 @@ class AVMAE(nn.Module):
         return F.normalize(self._pool_unimodal(v, "v"), dim=-1)
 
     def embed(self, audio: torch.Tensor, video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Retrieval embeddings (SPEC §5): both ``(B, D)``, unmasked, L2-normalised."""
+        """Retrieval embeddings (paper Sec. 5 "Evaluation Protocol"; docs/metrics.md).
+
+        Both ``(B, D)``, unmasked, L2-normalised.
+        """
         self._check_inputs(audio, video)
         return self.embed_audio(audio), self.embed_video(video)
 

@@ -1,12 +1,12 @@
-"""Audio-Video Matching (AVM) module of STELLA and its pair/loss helpers.
+"""Audio-Video Matching (AVM) module of STELLA, its importance readout and pair/loss helpers.
 
 The AVM is a light cross-attention block that sits on top of the backbone's
 shared (fusion) blocks. It is trained to tell whether an audio clip and a video
 clip belong together; its cross-attention logits are what STELLA turns into
-patch importance (``avalanche_av.training.selection.importance``), and its
-queries/keys feed the replay-guided correlation (Eq. 3-4 of the paper).
+patch importance (:func:`importance`, paper Eq. 1-2), and its queries/keys feed
+the replay-guided correlation (paper Sec. 4.2, Eq. 3-4).
 
-Layout (SPEC §3 "AVM module"):
+Layout (paper Sec. 4.1 and Appendix D, Eq. 10-11; Fig. 8):
 
 * inputs: joint fusion outputs ``fa (B, Na, D)`` and ``fv (B, Nv, D)``, taken
   before the final norm, computed by the caller **without gradients**;
@@ -17,7 +17,13 @@ Layout (SPEC §3 "AVM module"):
   modality and concatenated to ``(B, 2D)``;
 * a head ``Linear(2D, 2D) -> tanh -> Linear(2D, 1)`` gives the match logit.
 
-Pure helpers: :func:`derangement`, :func:`make_avm_pairs`, :func:`avm_loss`.
+The pooling is per head, as Appendix D describes ("average the values head-wise
+and patch-wise"). The authors' released code flattens ``(B, H, L, d)`` to
+``(B, L, H·d)`` without moving the head axis first, so its token mean mixes heads
+with strided token subsets; we keep the described pooling (docs/deviations.md).
+
+Pure helpers: :func:`importance`, :func:`derangement`, :func:`make_avm_pairs`,
+:func:`avm_loss`.
 """
 from __future__ import annotations
 
@@ -26,11 +32,13 @@ from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from timm.layers import use_fused_attn
 from torch import Tensor, nn
 
 __all__ = [
     "AVMOutput",
     "AVMatching",
+    "importance",
     "derangement",
     "make_avm_pairs",
     "avm_loss",
@@ -69,17 +77,28 @@ class AVMOutput(NamedTuple):
 
 
 class AVMatching(nn.Module):
-    """Cross-attention audio-video matching head (SPEC §3 "AVM module").
+    """Cross-attention audio-video matching head (paper Sec. 4.1, Appendix D).
 
     Args:
         dim: token width ``D`` of the backbone's fusion outputs.
         num_heads: ``H``; must divide ``dim``.
 
+    Attributes:
+        fused_attn: timm-style kernel switch for the differentiable
+            cross-attention that feeds the match logit. ``True`` (the default,
+            following timm's ``use_fused_attn()``, i.e. ``TIMM_FUSED_ATTN``)
+            uses ``torch.nn.functional.scaled_dot_product_attention``;
+            ``False`` uses the explicit ``softmax(q·kᵀ/√d)·v`` kernel, which
+            materialises (and, under autograd, saves) the attention
+            probabilities. Both give the same outputs up to float rounding. Set
+            it like timm's ``Attention.fused_attn``, e.g. to measure the
+            explicit kernel's activation memory.
+
     Memory note: with the base shapes (Na=512, Nv=784, H=12) the two
     attention-logit maps are ``B·12·512·784`` elements each (about 19 MB per
-    sample per map in float32). The differentiable path uses
-    ``scaled_dot_product_attention`` (which may avoid materialising them) and
-    the returned maps are computed separately without autograd. Pass
+    sample per map in float32). The fused path may avoid materialising them.
+    The maps returned with ``return_attn=True`` are computed separately without
+    autograd, whatever the kernel, so they never enter the backward graph. Pass
     ``return_attn=False`` when only the logit is needed.
     """
 
@@ -92,6 +111,7 @@ class AVMatching(nn.Module):
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
+        self.fused_attn = use_fused_attn()
         self.norm_a = nn.LayerNorm(dim)
         self.norm_v = nn.LayerNorm(dim)
         # Fused bias-free q/k/v per modality; split into three D-wide blocks.
@@ -121,6 +141,17 @@ class AVMatching(nn.Module):
         qkv = proj(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         return qkv[0], qkv[1], qkv[2]
 
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Cross-attention ``softmax(q·kᵀ/√d)·v``.
+
+        ``q (B, H, Nq, d)``, ``k, v (B, H, Nk, d)`` -> ``(B, H, Nq, d)``.
+        """
+        if self.fused_attn:
+            # Default SDPA scale is 1/sqrt(d), the same as the explicit kernel and the returned logits.
+            return F.scaled_dot_product_attention(q, k, v)
+        probs = torch.matmul(q * self.head_dim**-0.5, k.transpose(-2, -1)).softmax(dim=-1)
+        return torch.matmul(probs, v)
+
     def forward(self, fa: Tensor, fv: Tensor, return_attn: bool = True) -> AVMOutput:
         """Score audio-video pairs.
 
@@ -149,9 +180,9 @@ class AVMatching(nn.Module):
         q_a, k_a, v_a = self._split_qkv(self.norm_a(fa), self.qkv_a)
         q_v, k_v, v_v = self._split_qkv(self.norm_v(fv), self.qkv_v)
 
-        # Default SDPA scale is 1/sqrt(d), matching the logits returned below.
-        att_a = F.scaled_dot_product_attention(q_a, k_v, v_v)  # (B, H, Na, d)
-        att_v = F.scaled_dot_product_attention(q_v, k_a, v_a)  # (B, H, Nv, d)
+        att_a = self._attend(q_a, k_v, v_v)  # (B, H, Na, d)
+        att_v = self._attend(q_v, k_a, v_a)  # (B, H, Nv, d)
+        # Per-head mean over the query tokens, then heads side by side: (B, H, d) -> (B, D).
         pooled_a = att_a.mean(dim=2).reshape(b, self.dim)
         pooled_v = att_v.mean(dim=2).reshape(b, self.dim)
         logit = self.head(torch.cat([pooled_a, pooled_v], dim=-1)).squeeze(-1)
@@ -164,6 +195,36 @@ class AVMatching(nn.Module):
                 logits_av = torch.matmul(q_a, k_v.transpose(-1, -2)) * scale
                 logits_va = torch.matmul(q_v, k_a.transpose(-1, -2)) * scale
         return AVMOutput(logit, logits_av, logits_va, q_a, k_a, q_v, k_v)
+
+
+def importance(attn_logits: Tensor, beta: float = 0.4) -> Tensor:
+    """Patch importance, the readout of the AVM's cross-attention (paper Eq. 1-2).
+
+    ``I[b, j] = mean_{h, i} softmax_j(attn_logits[b, h, i, :] / beta)``.
+
+    Video importance takes the audio-query -> video-key logits
+    (:attr:`AVMOutput.attn_logits_av`); audio importance takes the video-query ->
+    audio-key logits (:attr:`AVMOutput.attn_logits_va`).
+
+    Args:
+        attn_logits: ``(B, H, Nq, Nk)`` logits ``q·k / sqrt(d)`` (the 1/√d scale
+            already applied, no temperature).
+        beta: softmax temperature β > 0 (0.4 in the paper); lower is sharper.
+
+    Returns:
+        ``(B, Nk)`` float32 importance; each row sums to 1.
+    """
+    if attn_logits.dim() != 4:
+        raise ValueError(f"importance: attn_logits must be (B, H, Nq, Nk), got {tuple(attn_logits.shape)}")
+    if not beta > 0:
+        raise ValueError(f"importance: beta must be > 0, got {beta}")
+    b, h, nq, nk = attn_logits.shape
+    out = torch.zeros(b, nk, device=attn_logits.device, dtype=torch.float32)
+    # One head at a time: the float32 softmax of a full base-size map would be
+    # another B·H·Nq·Nk buffer.
+    for head in range(h):
+        out += torch.softmax(attn_logits[:, head].float() / beta, dim=-1).sum(dim=1)
+    return out / (h * nq)
 
 
 def derangement(n: int, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -197,7 +258,7 @@ def derangement(n: int, generator: Optional[torch.Generator] = None) -> Tensor:
 def make_avm_pairs(
     batch_size: int, generator: Optional[torch.Generator] = None
 ) -> Tuple[Tensor, Tensor]:
-    """Build the AVM's matched / mismatched pairs for a batch (SPEC §3).
+    """Build the AVM's matched / mismatched pairs for a batch (paper Appendix D).
 
     A random subset of the batch is made negative by deranging the video among
     those samples, so sample ``i`` is paired with ``video[perm[i]]`` and a
@@ -205,11 +266,13 @@ def make_avm_pairs(
     to the video **before** the shared blocks, so mismatched pairs go through
     fusion jointly.
 
-    Negative count: ``B // 2`` for ``B >= 4``. A derangement needs at least two
-    elements, so for ``B`` in {2, 3} two samples are negatives (with ``B = 2``
-    the whole batch is negative). ``B = 1`` cannot produce a negative: the
-    identity is returned with ``is_match = [1.]`` (the loss is then
-    positives-only for that batch; callers may also skip it).
+    Negative count: ``ceil(B / 2)`` for ``B >= 3``, as in the authors' code
+    (``B // 2`` positives, the rest negative; e.g. 3 of 5, 4 of 7, 24 of 48).
+    With ``B = 2`` both samples are negatives (a derangement needs two); the
+    authors' code makes no negative for ``B <= 2`` (docs/deviations.md).
+    ``B = 1`` cannot produce a negative: the identity is returned with
+    ``is_match = [1.]`` (the loss is then positives-only for that batch;
+    callers may also skip it).
 
     Args:
         batch_size: ``B >= 1``.
@@ -225,7 +288,7 @@ def make_avm_pairs(
     is_match = torch.ones(batch_size, dtype=torch.float32)
     if batch_size < 2:
         return perm, is_match
-    n_neg = max(2, batch_size // 2)
+    n_neg = max(2, (batch_size + 1) // 2)  # ceil(B/2), at least the 2 a derangement needs
     neg = torch.randperm(batch_size, generator=generator)[:n_neg]
     perm[neg] = neg[derangement(n_neg, generator)]
     is_match[neg] = 0.0

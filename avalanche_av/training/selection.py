@@ -1,7 +1,9 @@
 """STELLA patch scoring and selection as pure, batch-vectorised tensor functions.
 
 Everything here is stateless and works on a whole batch at once (no per-sample
-Python loops), so it can run on every training step. Notation follows SPEC §3:
+Python loops), so it can run on every training step. Notation follows the
+paper's Sec. 4 (equations below are the paper's; Algorithm 1 is in its
+Appendix H; our departures are listed in docs/deviations.md):
 
 * ``B`` batch, ``H`` AVM heads, ``d`` head size, ``N`` patches of one modality;
 * audio patches are laid out **time-major**: ``index = t * n_freq + f``;
@@ -10,7 +12,8 @@ Python loops), so it can run on every training step. Notation follows SPEC §3:
 
 Pipeline per step (the plugin wires it):
 
-1. :func:`importance` on the AVM's cross-attention logits (Eq. 2).
+1. :func:`importance` on the AVM's cross-attention logits (Eq. 2); defined in
+   :mod:`avalanche_av.models.avm` and re-exported here.
 2. :func:`top_candidates` and :func:`pooled_query` (Eq. 3).
 3. Once memory is non-empty, :func:`correlation_prob` against a memory
    sample's stored pooled query of the *other* modality (Eq. 4), then
@@ -34,6 +37,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+# The importance readout (Eq. 2) belongs to the AVM and lives with it in ``models``, so that
+# evaluation can use it without importing training; re-exported here for the selection pipeline.
+from ..models.avm import importance
 
 __all__ = [
     "importance",
@@ -90,36 +97,6 @@ def _tiered_order(tier: Tensor, key: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- scores
-
-
-def importance(attn_logits: Tensor, beta: float = 0.4) -> Tensor:
-    """Patch importance from cross-attention logits (Eq. 2).
-
-    ``I[b, j] = mean_{h, i} softmax_j(attn_logits[b, h, i, :] / beta)``.
-
-    Video importance takes the audio-query -> video-key logits
-    (``AVMOutput.attn_logits_av``); audio importance takes the video-query ->
-    audio-key logits (``attn_logits_va``).
-
-    Args:
-        attn_logits: ``(B, H, Nq, Nk)`` logits ``q·k / sqrt(d)`` (the 1/√d scale
-            already applied, no temperature).
-        beta: softmax temperature β > 0 (0.4 in the paper); lower is sharper.
-
-    Returns:
-        ``(B, Nk)`` float32 importance; each row sums to 1.
-    """
-    if attn_logits.dim() != 4:
-        raise ValueError(f"importance: attn_logits must be (B, H, Nq, Nk), got {tuple(attn_logits.shape)}")
-    if not beta > 0:
-        raise ValueError(f"importance: beta must be > 0, got {beta}")
-    b, h, nq, nk = attn_logits.shape
-    out = torch.zeros(b, nk, device=attn_logits.device, dtype=torch.float32)
-    # One head at a time: the float32 softmax of a full base-size map would be
-    # another B·H·Nq·Nk buffer.
-    for head in range(h):
-        out += torch.softmax(attn_logits[:, head].float() / beta, dim=-1).sum(dim=1)
-    return out / (h * nq)
 
 
 def top_candidates(importance: Tensor, kappa: int) -> Tensor:
@@ -185,7 +162,8 @@ def pooled_query(q: Tensor, importance: Tensor, cand_idx: Tensor) -> Tensor:
 def correlation_prob(k: Tensor, q_past: Tensor, q_cur: Tensor, cand_mask: Tensor) -> Tensor:
     """Probability of excluding each patch for being more tied to the past (Eq. 4).
 
-    Pairing (SPEC §3): each current sample is paired with **one** random memory
+    Pairing (paper Sec. 4.2 leaves it open; this is what the authors' code
+    does): each current sample is paired with **one** random memory
     sample, and the keys of one modality are compared with pooled queries of
     the **other** modality: video keys ``k = k_v`` go with the memory sample's
     stored pooled *audio* query ``q_past`` and the current sample's pooled
@@ -361,8 +339,12 @@ def _walk_chunks(avail: Tensor, chunk_order: Tensor, quota: Tensor, start_side: 
     Walks the chunks in ``chunk_order``, taking every available patch of each
     chunk while the running total stays ``<= quota``; the chunk that crosses
     the quota is trimmed to exactly fill it, keeping the part that adjoins a
-    neighbour chunk which already contributed patches (``start_side`` decides
-    when neither or both did); later chunks are dropped.
+    neighbour chunk walked before it (``start_side`` decides when neither or
+    both were); later chunks are dropped.
+
+    "Walked" includes a neighbour that had no available patch (all excluded):
+    as in the authors' code, which checks whether the neighbour's index appears
+    earlier in the chunk order, not whether it gave patches.
 
     The chunks may form ``n_groups`` consecutive groups of ``C`` chunks each
     (one group per pass of :func:`audio_chunks_from_order`); neighbours are
@@ -391,7 +373,9 @@ def _walk_chunks(avail: Tensor, chunk_order: Tensor, quota: Tensor, start_side: 
     partial_ord = (prev < q) & (cum > q)  # at most one position per row
     # Back from walk order to chunk order (inverse permutation by scatter).
     full = torch.empty_like(partial_ord).scatter_(1, chunk_order, cum <= q)
-    contributed = full & (cnt > 0)
+    # Every chunk walked before the crossing one has cum <= q; a walked chunk counts for the
+    # trim side even when all its patches were excluded (the authors' rule).
+    walked = full
 
     has_partial = partial_ord.any(dim=1)
     j_star = partial_ord.to(torch.uint8).argmax(dim=1, keepdim=True)  # walk position
@@ -399,7 +383,7 @@ def _walk_chunks(avail: Tensor, chunk_order: Tensor, quota: Tensor, start_side: 
     need = (q - prev).gather(1, j_star).squeeze(1)
     # Pad each group by one chunk on both sides; neighbours of chunk v sit at
     # padded positions v' and v' + 2 of its group.
-    padded = F.pad(contributed.reshape(b, n_groups, c), (1, 1)).reshape(b, n_groups * (c + 2))
+    padded = F.pad(walked.reshape(b, n_groups, c), (1, 1)).reshape(b, n_groups * (c + 2))
     pos = (c_star // c) * (c + 2) + c_star % c
     left = padded[rows, pos]
     right = padded[rows, pos + 2]
@@ -444,16 +428,18 @@ def audio_chunks_from_order(
 
     Pass 1 walks the chunks in ``chunk_order`` accumulating each chunk's
     **non-excluded** patches until κ; the chunk that overflows is trimmed on
-    the side away from an already-contributing neighbour chunk (kept patches
+    the side away from a neighbour chunk walked before it (kept patches
     adjoin it; ``start_side`` breaks the tie when neither or both neighbours
-    contributed), and all later chunks are dropped. Inside a trimmed chunk the
+    were walked), and all later chunks are dropped. A walked neighbour counts
+    even if all its patches were excluded, as in the authors' code. Inside a trimmed chunk the
     patches are ordered time-major, so trimming removes whole time steps from
     one end first.
 
     Pass 2 (only when fewer than κ patches are non-excluded in total): all
     non-excluded patches are taken and excluded patches are readmitted by the
     same walk, chunk by chunk in the same order, trimming the last readmitted
-    chunk with the same rule (neighbours counted within pass 2).
+    chunk with the same rule (neighbours counted within pass 2). The authors'
+    code has no pass 2 (docs/deviations.md).
 
     Both passes run as one walk over ``2C`` virtual chunks (the non-excluded
     parts in order, then the excluded parts in order), which is exactly the
@@ -503,8 +489,14 @@ def select_audio_time_chunks(
     kappa: int,
     chunk_size: int = 4,
     generator: Optional[torch.Generator] = None,
+    first_step: bool = False,
 ) -> Tensor:
     """Choose κ_a audio patches made of whole time chunks (Algorithm 1).
+
+    With ``first_step=True`` (empty memory) there is no chunk walk: the plain
+    per-patch top-κ of importance is taken (excluded patches last), as the
+    authors' code does before its memory holds anything, and as
+    :func:`select_video` does for video. Otherwise:
 
     1. chunk importance (:func:`chunk_importance`; a final partial chunk when
        ``n_time % chunk_size != 0``);
@@ -525,6 +517,7 @@ def select_audio_time_chunks(
         kappa: number of patches to keep.
         chunk_size: ``L_c`` time steps per chunk (4).
         generator: optional generator on ``importance``' device.
+        first_step: per-patch top-κ instead of the chunk walk.
 
     Returns:
         ``(B, kappa)`` int64 unique indices, sorted ascending.
@@ -535,6 +528,15 @@ def select_audio_time_chunks(
             f"select_audio_time_chunks: excluded {tuple(excluded.shape)} must match importance "
             f"{tuple(importance.shape)}"
         )
+    if importance.shape[1] != n_time * n_freq:
+        raise ValueError(
+            f"select_audio_time_chunks: importance has {importance.shape[1]} patches, expected "
+            f"n_time*n_freq = {n_time}*{n_freq}"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"select_audio_time_chunks: chunk_size must be >= 1, got {chunk_size}")
+    if first_step:
+        return select_video(importance, excluded, kappa, first_step=True, generator=generator)
     order = sample_order(chunk_importance(importance, n_time, n_freq, chunk_size), generator)
     coin = torch.rand(importance.shape[0], device=importance.device, generator=generator) < 0.5
     return audio_chunks_from_order(excluded, order, n_time, n_freq, kappa, chunk_size, coin)
@@ -548,6 +550,7 @@ def select_audio_frequency(
     kappa: int,
     band_size: int = 1,
     generator: Optional[torch.Generator] = None,
+    first_step: bool = False,
 ) -> Tensor:
     """Ablation: choose κ_a audio patches made of whole frequency bands.
 
@@ -557,12 +560,18 @@ def select_audio_frequency(
     applies. Inside a trimmed band, patches are ordered frequency-major then by
     time, so trimming a single-row band drops its latest (or earliest) times.
 
+    ``first_step=True`` takes the per-patch top-κ, as in
+    :func:`select_audio_time_chunks`. The authors' code has no frequency mode;
+    we give it the time mode's first-step rule so that the ablation changes
+    only the constraint of the memory steps.
+
     Args:
         importance: ``(B, n_time * n_freq)`` audio importance, time-major.
         excluded: ``(B, n_time * n_freq)`` bool.
         n_time, n_freq, kappa: as for time chunks.
         band_size: frequency rows per band (default 1: whole rows).
         generator: optional generator on ``importance``' device.
+        first_step: per-patch top-κ instead of the band walk.
 
     Returns:
         ``(B, kappa)`` int64 unique time-major indices, sorted ascending.
@@ -574,6 +583,8 @@ def select_audio_frequency(
             f"select_audio_frequency: importance/excluded must both be (B, {n_time}*{n_freq}); got "
             f"{tuple(importance.shape)} and {tuple(excluded.shape)}"
         )
+    if first_step:
+        return select_video(importance, excluded, kappa, first_step=True, generator=generator)
     imp_ft = importance.reshape(b, n_time, n_freq).transpose(1, 2).reshape(b, -1)
     exc_ft = excluded.reshape(b, n_time, n_freq).transpose(1, 2).reshape(b, -1)
     idx_ft = select_audio_time_chunks(imp_ft, exc_ft, n_freq, n_time, kappa, band_size, generator)
