@@ -391,6 +391,19 @@ class AVMAE(nn.Module):
             v = v[video_perm]
         return self.fuse(a, v)
 
+    def encode_full(
+        self, audio_patches: torch.Tensor, video_patches: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unmasked modality-specific pass over every patch (the first half of the joint pass).
+
+        ``(B, Na, Pa)``, ``(B, Nv, Pv)`` patches from :meth:`patchify` -> modality tokens
+        ``(B, Na, D)``, ``(B, Nv, D)``. Follow with :meth:`fuse` for the AVM's input; STELLA runs
+        both without gradients to score patches.
+        """
+        return self.encode_modalities(
+            audio_patches, self._full_idx(audio_patches), video_patches, self._full_idx(video_patches)
+        )
+
     def embed_audio(self, audio: torch.Tensor) -> torch.Tensor:
         """Unmasked unimodal audio embedding, mean-pooled and L2-normalised: ``(B,T,F)`` -> ``(B, D)``."""
         pa = patchify_audio(audio, self.config.patch_size)

@@ -141,7 +141,8 @@ class StellaPlugin(OnlineMemoryPlugin):
         mem_size: rehearsal memory size in clips (2000 in the paper; 5000 for AudioSet).
         batch_size_mem: memory batch size; default the current batch size. While the memory
             holds fewer samples, all of them are replayed.
-        rho_a, rho_v: fraction of audio / video patches **kept** (κ = round(ρ·N)), in (0, 1].
+        rho_a, rho_v: fraction of audio / video patches **kept** (κ = ⌊ρ·N⌋ as in the authors'
+            code, at least 1), in (0, 1].
         chunk_size: audio time-chunk length L_c (Algorithm 1).
         beta: importance temperature β (Eq. 2).
         alpha: weight of the embedding penalty ℓ_p.
@@ -257,8 +258,9 @@ class StellaPlugin(OnlineMemoryPlugin):
         if not any(id(p) in in_opt for p in params):
             # Same optimizer and learning rate as the backbone (paper Sec. 4.1).
             strategy.optimizer.add_param_group({"params": params})
-        self.kappa_a = max(1, round(self.rho_a * c.num_audio_patches))
-        self.kappa_v = max(1, round(self.rho_v * c.num_video_patches))
+        # Floor, as the authors' code (int()); the epsilon keeps an exact product from losing one.
+        self.kappa_a = max(1, int(self.rho_a * c.num_audio_patches + 1e-9))
+        self.kappa_v = max(1, int(self.rho_v * c.num_video_patches + 1e-9))
         for name, kappa, n in (("audio", self.kappa_a, c.num_audio_patches), ("video", self.kappa_v, c.num_video_patches)):
             n_vis = c.num_visible(n)
             if kappa <= n_vis:
@@ -377,7 +379,7 @@ class StellaPlugin(OnlineMemoryPlugin):
                 imp, excl, c.n_time, c.n_freq, self.kappa_a, self.chunk_size, first_step=first_step
             )
         if self.audio_selection == "frequency":
-            return sel.select_audio_frequency(imp, excl, c.n_time, c.n_freq, self.kappa_a)
+            return sel.select_audio_frequency(imp, excl, c.n_time, c.n_freq, self.kappa_a, first_step=first_step)
         return sel.select_audio_none(imp, excl, self.kappa_a, first_step=first_step)
 
     def _select_video(self, imp: Tensor, excl: Tensor, first_step: bool, c) -> Tensor:
