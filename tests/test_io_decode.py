@@ -348,3 +348,78 @@ def test_works_without_decord(clips, monkeypatch):
         decode_frames(clips["good"], 4, backend="decord")
     with pytest.raises(ImportError, match="decord"):
         load_audio(clips["good"], backend="decord")
+
+
+# ----------------------------------------------------------------------------- multi-channel audio
+def _channels(n_ch: int, sr: int, seconds: float = 0.5) -> np.ndarray:
+    """``(C, S)``: channel ``k`` is a sine of its own pitch and amplitude, so a wrong channel
+    order, a planar/packed mix-up or a dropped channel changes the mono mix."""
+    t = np.arange(int(sr * seconds)) / sr
+    return np.stack([0.02 * (k + 1) * np.sin(2 * np.pi * (110 + 37 * k) * t) for k in range(n_ch)]).astype(np.float32)
+
+
+@pytest.mark.parametrize("n_ch", [2, 6, 8, 16])
+def test_multichannel_pcm_mixes_to_the_channel_mean(tmp_path, n_ch):
+    # 8 and 16 channels segfaulted PyAV's planar ("fltp") conversion; packed "flt" reads them.
+    data = _channels(n_ch, SR)
+    path = tmp_path / f"c{n_ch}.wav"
+    sf.write(path, data.T, SR, subtype="FLOAT")
+    want = torch.from_numpy(data.mean(axis=0))
+    got_pyav = load_audio(path, backend="pyav")
+    got_sf = load_audio(path, backend="soundfile")
+    assert got_pyav.shape == want.shape
+    assert torch.allclose(got_pyav, want, atol=1e-6), float((got_pyav - want).abs().max())
+    assert torch.allclose(got_sf, want, atol=1e-6)
+
+
+def test_eight_channel_48k_aac_clip_decodes_in_process(tmp_path):
+    # The clip of the issue: an mp4 whose audio is 8-channel 48 kHz AAC (7.1). Before the fix
+    # this call killed the process with SIGSEGV.
+    sr = 48000
+    data = _channels(8, sr, seconds=1.0)
+    t = np.arange(sr) / sr
+    data[3] = 0.08 * np.sin(2 * np.pi * 60 * t)  # 7.1's LFE channel: AAC keeps only its low band
+    clip = write_av_clip(tmp_path / "surround.mp4", block_frames(4), FPS, data, sr)
+    wav = load_audio(clip)
+    assert wav.shape == (SR,) and torch.isfinite(wav).all()
+    import torchaudio
+
+    want = torchaudio.functional.resample(torch.from_numpy(data.mean(axis=0)), sr, SR)
+    # AAC is lossy at 16 kbit/s per channel; the mix still follows the 8-channel mean closely,
+    # while reading one channel only (or an interleaving error) would not.
+    corr = float(torch.corrcoef(torch.stack([wav, want]))[0, 1])
+    assert corr > 0.9, corr
+    assert float(torch.corrcoef(torch.stack([wav, torch.from_numpy(data[0, ::3].copy())]))[0, 1]) < 0.5
+    fb = load_fbank(clip, target_length=64, num_mel_bins=32)
+    assert fb.shape == (64, 32) and torch.isfinite(fb).all()
+
+
+def test_audio_header_probe_refuses_what_the_decoder_cannot_handle(tmp_path):
+    import av
+
+    from avalanche_av.benchmarks.io import MAX_AUDIO_CHANNELS, categorise_reason, check_audio_stream
+
+    data = _channels(MAX_AUDIO_CHANNELS + 8, SR, seconds=0.1)
+    path = tmp_path / "c72.wav"
+    sf.write(path, data.T, SR, subtype="PCM_16")
+    with pytest.raises(ClipDecodeError, match=r"unsupported audio stream: 72 channels \(supported: 1\.\.64\)") as ei:
+        load_audio(path, backend="pyav")
+    assert ei.value.path == str(path) and categorise_reason(ei.value.reason) == "unsupported"
+    ok = tmp_path / "c8.wav"
+    sf.write(ok, _channels(8, SR, 0.1).T, SR)
+    with av.open(str(ok)) as c:
+        info = check_audio_stream(str(ok), c.streams.audio[0])
+    assert info["channels"] == 8 and info["sample_rate"] == SR and abs(info["duration"] - 0.1) < 1e-3
+
+
+def test_writer_multichannel_and_layouts(tmp_path):
+    import av
+
+    for n_ch, layout in ((1, "mono"), (2, "stereo"), (6, "5.1"), (8, "7.1")):
+        data = _channels(n_ch, SR, 0.2)
+        p = write_av_clip(tmp_path / f"w{n_ch}.mp4", block_frames(2), FPS, data if n_ch > 1 else data[0], SR)
+        with av.open(str(p)) as c:
+            a = c.streams.audio[0]
+            assert a.codec_context.channels == n_ch and a.codec_context.layout.name == layout
+    with pytest.raises(ValueError, match=r"\(S,\) or \(C, S\)"):
+        write_av_clip(tmp_path / "bad.mp4", block_frames(2), FPS, np.zeros((2, 3, 4), np.float32), SR)

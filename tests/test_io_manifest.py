@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,32 @@ def test_manifest_to_dataset_end_to_end(tmp_path):
     with pytest.raises(ManifestError, match="1 of 3 'video_path' paths missing"):
         load_manifest_entries(tmp_path / "m2.json")
     assert isinstance(AVClipDataset(ent).targets, torch.Tensor)
+
+
+def test_manifest_paths_must_stay_under_the_root(tmp_path):
+    root = tmp_path / "data"
+    (root / "clips").mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    # A link the user placed inside the root to data elsewhere is followed as a normal path.
+    (root / "linked").symlink_to(tmp_path / "outside")
+    good = [{"video_id": "a", "wav": "", "video_path": "clips/a.mp4", "labels": ""},
+            {"video_id": "b", "wav": str(root / "clips" / "b.wav"), "video_path": "linked/b", "labels": ""}]
+    path = write_manifest(root / "manifest.json", good)
+    df = read_manifest(path, root=root)
+    assert df["video_path"].tolist() == [str(root / "clips" / "a.mp4"), str(root / "linked" / "b")]
+    for escaping in ("../outside/frames", "clips/../../outside/x.mp4", str(tmp_path / "outside" / "x.mp4"), "/etc"):
+        bad = good + [{"video_id": "evil", "wav": "", "video_path": escaping, "labels": ""}]
+        p = write_manifest(root / "bad.json", bad)
+        with pytest.raises(ManifestError, match=rf"manifest {re.escape(str(p))}: 1 path\(s\) lie outside the data "
+                                                rf"root {re.escape(str(root))}; first: entry 2 \(video_id 'evil'\) "
+                                                rf"video_path {re.escape(repr(escaping))}"):
+            read_manifest(p, root=root)
+        with pytest.raises(ManifestError, match="allow_outside_root=True"):
+            load_manifest_entries(p, root=root, check_files=False)
+        # The explicit opt-in, or no root at all (a plain CAV-MAE manifest), reads it.
+        assert len(read_manifest(p, root=root, allow_outside_root=True)) == 3
+        assert len(read_manifest(p)) == 3
+    # Several roots: a path inside any of them is fine.
+    p = write_manifest(root / "two.json", good + [{"video_id": "c", "wav": "", "video_path": "../outside/c",
+                                                     "labels": ""}])
+    assert len(read_manifest(p, root=[root, tmp_path / "outside"])) == 3

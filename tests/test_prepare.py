@@ -1,8 +1,11 @@
 """The ``prepare`` pipeline: cache layout, bad-clip report, resumability, fbank cache, CLI."""
 from __future__ import annotations
 
+import faulthandler
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,7 @@ from avalanche_av.benchmarks.prepare import (
     categorise_reason,
     find_videos,
     prepare,
+    prepare_clip,
     resize_short_side,
 )
 from avalanche_av.benchmarks.real import RealClipDataset, fake_clip_content
@@ -176,3 +180,120 @@ def test_prepare_cli(src, tmp_path, capsys):
                  "--only", str(only)]) == 0
     assert "0 processed in this run" in capsys.readouterr().out
     assert main(["prepare", str(tmp_path / "missing"), str(out)]) == 2
+
+
+# --------------------------------------------------------------------------- hostile inputs
+def surround_clip(path: Path, seconds: float = SECONDS) -> Path:
+    """An mp4 whose audio is 8-channel 48 kHz AAC (7.1): the clip that segfaulted the decoder."""
+    sr = 48000
+    frames, _ = fake_clip_content(3, seconds, FPS, size=32)
+    t = np.arange(int(seconds * sr)) / sr
+    audio = np.stack([0.03 * (k + 1) * np.sin(2 * np.pi * (60 if k == 3 else 150 + 40 * k) * t)
+                      for k in range(8)]).astype(np.float32)
+    return write_av_clip(path, frames, FPS, audio, sr)
+
+
+def crash_on_stem(path, out_dir, cfg):
+    """A clip_fn whose decoder 'crashes natively' (SIGSEGV) on the clip named crash.mp4."""
+    if Path(path).stem == "crash":
+        faulthandler.disable()  # pytest's handler would print the planted crash's traceback
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return prepare_clip(path, out_dir, cfg)
+
+
+def sigkill_on_stem(path, out_dir, cfg):
+    """A clip_fn that SIGKILLs its own process on the clip named zkill.mp4 (the OOM killer, kill -9)."""
+    if Path(path).stem == "zkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return prepare_clip(path, out_dir, cfg)
+
+
+def _never_crash(path, out_dir, cfg):
+    assert Path(path).stem != "crash", "a clip recorded as crashed was decoded again"
+    return prepare_clip(path, out_dir, cfg)
+
+
+def _small_src(root: Path, n_good: int = 2) -> None:
+    for i in range(n_good):
+        frames, audio = fake_clip_content(i, SECONDS, FPS, size=32)
+        write_av_clip(root / f"good{i}.mp4", frames, FPS, audio, 16000)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_prepare_eight_channel_clip(tmp_path, num_workers):
+    src = tmp_path / "raw"
+    _small_src(src)
+    surround_clip(src / "surround.mp4")
+    res = prepare(src, tmp_path / "cache", num_workers=num_workers, progress=False, image_size=16, fps=2.0)
+    assert (res.n_ok, res.n_bad, res.n_crashed) == (3, 0, 0)
+    man = read_manifest(tmp_path / "cache" / "manifest.json").set_index("video_id")
+    wav, sr = sf.read(man.loc["surround", "wav"])
+    assert sr == 16000 and wav.ndim == 1 and abs(len(wav) / sr - SECONDS) < 0.05 and np.abs(wav).max() > 0.01
+
+
+def test_prepare_contains_a_decoder_crash_and_never_retries_it(tmp_path):
+    src, out = tmp_path / "raw", tmp_path / "cache"
+    _small_src(src, 3)
+    surround_clip(src / "crash.mp4")
+    res = prepare(src, out, num_workers=2, progress=False, image_size=16, fps=2.0, clip_fn=crash_on_stem)
+    # The run completes: the crash costs its clip only, reported with the signal; the rest is cached.
+    assert (res.n_total, res.n_ok, res.n_bad, res.n_crashed) == (4, 3, 1, 1)
+    rep = res.report.set_index("video_id")
+    assert rep.loc["crash", "category"] == "crashed" and "SIGSEGV" in rep.loc["crash", "reason"]
+    assert "crashed or hung the decoder" in res.summary()
+    assert sorted(read_manifest(out / "manifest.json")["video_id"]) == ["good0", "good1", "good2"]
+    # A rerun decodes nothing: the crashed clip is recorded as bad and skipped.
+    again = prepare(src, out, num_workers=0, progress=False, image_size=16, fps=2.0, clip_fn=_never_crash)
+    assert (again.n_processed, again.n_skipped) == (0, 4) and list(again.report["video_id"]) == ["crash"]
+
+
+def _prepare_child(src, out, clip_fn, manifest_interval=10.0):
+    prepare(src, out, num_workers=0, progress=False, image_size=16, fps=2.0, clip_fn=clip_fn,
+            manifest_interval=manifest_interval)
+
+
+def _run_child(*args, **kwargs) -> int:
+    import multiprocessing as mp
+
+    p = mp.get_context("fork").Process(target=_prepare_child, args=args, kwargs=kwargs)
+    p.start()
+    p.join(120)
+    return p.exitcode
+
+
+def test_in_process_crash_is_logged_before_decoding_and_skipped_on_rerun(tmp_path):
+    # num_workers=0 decodes in the run's own process: the crash kills the run (here a child
+    # process standing for the CLI). The clip was logged as attempted first, so the rerun
+    # records it as crashed instead of dying on it again.
+    src, out = tmp_path / "raw", tmp_path / "cache"
+    _small_src(src, 2)
+    surround_clip(src / "crash.mp4")
+    assert _run_child(src, out, crash_on_stem) == -signal.SIGSEGV
+    log = [json.loads(line) for line in (out / "prepare_log.jsonl").read_text().splitlines()]
+    assert log[-1] == {"video_id": "crash", "source": str(src / "crash.mp4"), "status": "started",
+                       "in_process": True}
+    res = prepare(src, out, num_workers=0, progress=False, image_size=16, fps=2.0, clip_fn=_never_crash)
+    assert res.n_died_earlier == 1 and res.n_bad == 0 and res.n_ok == 2  # crash.mp4 sorts first: nothing else done
+    rep = res.report.set_index("video_id")
+    assert rep.loc["crash", "category"] == "crashed" and "earlier run" in rep.loc["crash", "reason"]
+    assert "killed an earlier run" in res.summary()
+    # --retry-bad tries it again (here in a worker, where the crash is contained).
+    retry = prepare(src, out, num_workers=1, progress=False, image_size=16, fps=2.0, retry_bad=True,
+                    clip_fn=crash_on_stem)
+    assert (retry.n_processed, retry.n_crashed) == (1, 1)
+
+
+def test_sigkill_leaves_a_usable_manifest(tmp_path):
+    src, out = tmp_path / "raw", tmp_path / "cache"
+    _small_src(src, 3)
+    frames, audio = fake_clip_content(7, SECONDS, FPS, size=32)
+    write_av_clip(src / "zkill.mp4", frames, FPS, audio, 16000)  # sorts last
+    assert _run_child(src, out, sigkill_on_stem, manifest_interval=0.0) == -signal.SIGKILL
+    # The manifest is complete JSON listing the clips finished before the kill, with their files.
+    man = read_manifest(out / "manifest.json")
+    assert sorted(man["video_id"]) == ["good0", "good1", "good2"]
+    assert all(Path(p).is_dir() for p in man["video_path"]) and all(Path(p).is_file() for p in man["wav"])
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    # The killed clip was decoded in the run's own process: the rerun records it and finishes.
+    res = prepare(src, out, num_workers=0, progress=False, image_size=16, fps=2.0)
+    assert res.n_died_earlier == 1 and res.n_cached == 3

@@ -429,3 +429,142 @@ def test_generators_use_a_prepare_cache(tmp_path):
     raw = _quiet(continual_vs, tmp_path / "vs", n_tasks=2, classes_per_task=2, max_train_clips_per_class=10,
                  retrieval_clips_per_class=1, prepared=None, **DECODE)
     assert all(p.endswith(".mp4") for p in raw.clip_table["video_path"]) and len(raw.bad_clips) == 0
+
+
+# --------------------------------------------------------------------------- hostile tables and caches
+def _append_rows(root: Path, rows: list[tuple]) -> None:
+    with open(root / "vggsound.csv", "a", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(",".join(str(x) for x in r) + "\n")
+
+
+def _one_class(tmp_path, **kw):
+    return make_fake_vggsound(tmp_path / "vs", n_tasks=1, classes_per_task=1, train_per_class=3, test_per_class=2,
+                              pool_classes_per_task=1, pool_per_class=1, n_missing=0, bad_kinds=(), **kw)
+
+
+def test_duplicated_and_leaked_rows_are_reported_and_used_once(tmp_path):
+    info = _one_class(tmp_path)
+    rows = _vs_rows(info)
+    train = rows[(rows["split"] == "train") & (rows["label"] == rows["label"].iloc[0])]
+    dup, leak = train.iloc[0], train.iloc[1]
+    # The first training clip listed 3x in all, the second also listed as a test clip.
+    _append_rows(info.root, [(dup["youtube_id"], dup["start_seconds"], dup["label"], "train")] * 2
+                 + [(leak["youtube_id"], leak["start_seconds"], leak["label"], "test")])
+    with pytest.warns(RuntimeWarning, match=rf"2 duplicated row\(s\) dropped \(e\.g\. {dup['stem']}\); 1 clip\(s\) "
+                                            rf"listed for both training and evaluation, dropped from training "
+                                            rf"\(e\.g\. {leak['stem']}\)"):
+        bm = continual_vs(info.root, n_tasks=1, classes_per_task=1, max_train_clips_per_class=None,
+                          retrieval_clips_per_class=5, **DECODE)
+    ct = bm.clip_table
+    assert ct["video_id"].is_unique  # no clip is used twice, in any role
+    roles = dict(zip(ct["video_id"], ct["role"]))
+    assert roles[dup["stem"]] == "train" and roles[leak["stem"]] == "retrieval"
+    assert len(bm.train_stream[0].dataset) == 2 and len(bm.test_stream[0].dataset) == 3
+    rep = bm.data_report
+    assert (rep.duplicated, rep.leaked_dropped, rep.unknown_labels) == (2, 1, 0)
+    assert rep.to_dict()["duplicated"] == 2 and rep.to_dict()["leaked_dropped"] == 1
+
+
+def test_check_clip_rows_hand_example():
+    from avalanche_av.benchmarks.real.readers import check_clip_rows
+
+    t = pd.DataFrame({"youtube_id": ["a", "a", "a", "b", "b", "c", "d"], "start_seconds": [0, 0, 0, 5, 5, 0, 0],
+                      "label": ["x", "x", "y", "z", "z", "q", "r"],
+                      "split": ["train", "train", "train", "train", "test", "train", "test"]})
+    r = check_clip_rows(t, ["youtube_id", "start_seconds"], names=t["youtube_id"], eval_split="test",
+                        label_col="label", source="t")
+    # Rows 1-2 repeat row 0 (row 2 with another label); b is in train and test: its train row goes.
+    assert r.keep.tolist() == [True, False, False, False, True, True, True]
+    assert (r.duplicated, r.label_conflicts, r.leaked_dropped) == (2, 1, 1)
+    assert r.examples == {"duplicated": ["a"], "leaked_dropped": ["b"]}
+
+
+def test_unknown_label_is_left_out_and_reported_by_stats(tmp_path, capsys):
+    from avalanche_av.benchmarks.real.tasks import find_unknown_labels
+    from avalanche_av.cli import main
+
+    info = _one_class(tmp_path)
+    rows = _vs_rows(info)
+    pool_row = rows[rows["label"] != rows["label"].iloc[0]].iloc[0]
+    # A misspelt class with a clip on disk: without the check it would join the pre-training pool.
+    src = info.clips[pool_row["stem"]]
+    stem = vggsound_clip_name("typo0000001", 0)
+    (src.parent / f"{stem}.mp4").write_bytes(src.read_bytes())
+    _append_rows(info.root, [("typo0000001", 0, "dog barkingg", "train")])
+    with pytest.warns(RuntimeWarning, match=r"1 row\(s\) with a label that is not a class of the dataset, left out: "
+                                            r"'dog barkingg' \(1\)"):
+        bm = continual_vs(info.root, n_tasks=1, classes_per_task=1, retrieval_clips_per_class=1, **DECODE)
+    assert bm.data_report.unknown_labels == 1
+    assert stem not in set(bm.clip_table["video_id"]) and stem not in set(bm.pretrain_table["video_id"])
+    assert pool_row["stem"] in set(bm.pretrain_table["video_id"])  # known non-task classes still pool
+    rc = main(["stats", "--benchmark", "continual-vs", "--data-root", str(info.root), "--n-tasks", "1",
+               "--classes-per-task", "1", "--retrieval-clips-per-class", "1", "--no-per-class"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "unknown labels 1" in out and "'dog barkingg' (1)" in out
+    u = find_unknown_labels(["a", "zz", ("a", "b"), "zz"], known=["a"])
+    assert u.mask.tolist() == [False, True, True, True] and u.labels == {"zz": 2, "b": 1} and u.n_rows == 3
+
+
+def _outside_cache(tmp_path, info, video_path: str, wav: str, stem: str) -> Path:
+    """A prepare cache at ROOT/prepared whose manifest names the given paths for ``stem``."""
+    from PIL import Image
+
+    from avalanche_av.benchmarks.io import decode_frames, load_audio, write_wav
+
+    outside = tmp_path / "outside"
+    (outside / "frames" / stem).mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(decode_frames(info.clips[stem], 2)):
+        Image.fromarray(f).save(outside / "frames" / stem / f"frame_{i:04d}.jpg")
+    write_wav(outside / "audio" / f"{stem}.wav", load_audio(info.clips[stem]))
+    prep = info.root / "prepared"
+    prep.mkdir(exist_ok=True)
+    entry = {"video_id": stem, "wav": wav, "video_path": video_path, "labels": ""}
+    (prep / "manifest.json").write_text(json.dumps({"data": [entry]}))
+    return prep / "manifest.json"
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_cache_manifest_path_escaping_the_root_is_refused(tmp_path, absolute):
+    info = _one_class(tmp_path)
+    stem = _vs_rows(info).query("split == 'train'")["stem"].iloc[0]
+    if absolute:
+        vp, wav = str(tmp_path / "outside" / "frames" / stem), str(tmp_path / "outside" / "audio" / f"{stem}.wav")
+    else:
+        vp, wav = f"../../outside/frames/{stem}", f"../../outside/audio/{stem}.wav"
+    manifest = _outside_cache(tmp_path, info, vp, wav, stem)
+    kw = dict(n_tasks=1, classes_per_task=1, retrieval_clips_per_class=1, max_train_clips_per_class=None, **DECODE)
+    with pytest.raises(ManifestError) as ei:
+        _quiet(continual_vs, info.root, **kw)
+    msg = str(ei.value)
+    assert str(manifest) in msg and f"video_id {stem!r}" in msg and repr(wav) in msg
+    assert "outside the data root" in msg and "allow_outside_root=True" in msg
+    # The explicit opt-in reads it (and the clip is trained on from there).
+    bm = _quiet(continual_vs, info.root, allow_outside_root=True, **kw)
+    ct = bm.clip_table.set_index("video_id")
+    assert Path(ct.loc[stem, "video_path"]).resolve() == (tmp_path / "outside" / "frames" / stem).resolve()
+
+
+def test_eight_channel_clip_in_a_benchmark_decodes(tmp_path):
+    # The issue's VGGSound root with one mp4 whose audio is 8-channel 48 kHz AAC: every
+    # DataLoader worker used to die with SIGSEGV on it ("DataLoader worker killed by signal").
+    from avalanche_av.benchmarks.io import write_av_clip
+    from avalanche_av.benchmarks.real import fake_clip_content
+
+    info = _one_class(tmp_path)
+    stem = _vs_rows(info).query("split == 'train'")["stem"].iloc[0]
+    frames, _ = fake_clip_content(1, 2.0, 4.0, 32)
+    sr = 48000
+    t = np.arange(2 * sr) / sr
+    audio = np.stack([0.03 * (k + 1) * np.sin(2 * np.pi * (150 + 40 * k) * t) for k in range(8)]).astype(np.float32)
+    write_av_clip(info.clips[stem], frames, 4.0, audio, sr)
+    bm = _quiet(continual_vs, info.root, n_tasks=1, classes_per_task=1, max_train_clips_per_class=None,
+                retrieval_clips_per_class=1, scan=True, **DECODE)
+    assert len(bm.bad_clips) == 0 and stem in set(bm.clip_table["video_id"])
+    inner = _find_clip_dataset(bm.train_stream[0].dataset)
+    i = inner.video_ids.index(stem)
+    audio_fb, video, *_ = inner[i]
+    assert audio_fb.shape == (64, 32) and torch.isfinite(audio_fb.float()).all() and video.shape == (2, 3, 32, 32)
+    assert inner.skipped == 0 and not inner.bad_clips
+    batches = list(DataLoader(bm.train_stream[0].dataset, batch_size=4, num_workers=1))
+    assert sum(len(b[0]) for b in batches) == 3

@@ -18,36 +18,49 @@ square with ``square=True``), JPEG quality ``jpeg_quality``.
 
 Bad clips are reported, never fatal: ``unreadable`` (missing, corrupt or undecodable),
 ``no_audio`` (no audio stream, with ``require_audio``), ``no_video``, ``too_short``
-(shorter than ``min_duration``), ``other``.
+(shorter than ``min_duration``), ``unsupported`` (an audio header the decoder refuses, e.g.
+more than 64 channels), ``crashed`` (the decoder died: a native crash such as SIGSEGV),
+``timeout`` (a clip ran past ``clip_timeout``), ``other``.
+
+Native crashes are contained: with ``num_workers >= 1`` every clip is decoded in a worker
+process of a :class:`~avalanche_av.benchmarks.io.isolation.ContainedPool`; a worker that
+dies or hangs is replaced, only its clip is recorded as bad, and the run goes on. Each clip
+is logged as *attempted* (``"status": "started"``) before it is decoded, so even with
+``num_workers=0`` (decoding in this process, where a crash does end the run) the next run
+records the clip that killed the process as ``crashed`` and moves on instead of dying on
+it again.
 
 Resumable: each clip's outputs are written to temporary names and renamed when complete,
 then the clip is appended to the log. A later run skips every clip the log lists as done
 (whose outputs still exist) or as bad (unless ``retry_bad``), so running twice does no
-work the second time. Settings are checked against ``prepare_config.json``; a cache made
-with other settings is refused unless ``overwrite=True``.
+work the second time. ``manifest.json`` and ``prepare_report.csv`` are replaced
+atomically (written to a temporary name, then renamed) at the start, every
+``manifest_interval`` seconds and at the end, so a run killed at any moment, even with
+SIGKILL, leaves a valid manifest of the clips finished until shortly before. Settings are
+checked against ``prepare_config.json``; a cache made with other settings is refused
+unless ``overwrite=True``. See ``docs/reliability.md``.
 """
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 import json
 import math
-import multiprocessing as mp
 import os
 import shutil
 import time
 import uuid
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Literal, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from avalanche_av.benchmarks.io.errors import ClipDecodeError, PathLike
+from avalanche_av.benchmarks.io.errors import BAD_CATEGORIES, ClipDecodeError, PathLike, categorise_reason
+from avalanche_av.benchmarks.io.isolation import ContainedPool, JobOutcome
 from avalanche_av.benchmarks.real.readers import VIDEO_SUFFIXES
 
 __all__ = [
@@ -61,7 +74,6 @@ __all__ = [
     "resize_short_side",
 ]
 
-BAD_CATEGORIES = ("unreadable", "no_audio", "no_video", "too_short", "other")
 AudioFormat = Literal["wav", "flac", "fbank"]
 _LOG, _CONFIG, _MANIFEST, _REPORT = "prepare_log.jsonl", "prepare_config.json", "manifest.json", "prepare_report.csv"
 
@@ -127,6 +139,11 @@ class PrepareResult:
             category, reason``.
         manifest_path, report_path: the written files.
         seconds: wall time of this run.
+        n_cached: clips in the cache's manifest after this run.
+        n_crashed: clips of this run whose decoder crashed or timed out (their workers were
+            replaced; they are among ``n_bad``).
+        n_died_earlier: clips an earlier run was decoding in its own process when that
+            process died; recorded as ``crashed`` now instead of being decoded again.
     """
 
     out_dir: Path
@@ -140,6 +157,8 @@ class PrepareResult:
     report_path: Path
     seconds: float = 0.0
     n_cached: int = 0
+    n_crashed: int = 0
+    n_died_earlier: int = 0
 
     def summary(self) -> str:
         lines = [
@@ -147,6 +166,11 @@ class PrepareResult:
             f"({self.n_ok} ok, {self.n_bad} bad), {self.n_skipped} already done; "
             f"{self.n_cached} clips in the cache, {len(self.report)} bad in total; {self.seconds:.1f} s",
         ]
+        if self.n_crashed:
+            lines.append(f"{self.n_crashed} clip(s) crashed or hung the decoder; their workers were replaced")
+        if self.n_died_earlier:
+            lines.append(f"{self.n_died_earlier} clip(s) killed an earlier run while being decoded; recorded as "
+                         f"crashed, not retried (--retry-bad retries them)")
         if len(self.report):
             counts = self.report["category"].value_counts()
             lines.append("bad clips: " + ", ".join(f"{k}: {int(v)}" for k, v in counts.items()))
@@ -159,21 +183,6 @@ class PrepareResult:
 
 
 # --------------------------------------------------------------------------- pure helpers
-def categorise_reason(reason: str) -> str:
-    """Map a :class:`ClipDecodeError` reason to one of :data:`BAD_CATEGORIES`."""
-    r = reason.lower()
-    if r.startswith("too short"):
-        return "too_short"
-    if "no audio stream" in r:
-        return "no_audio"
-    if "no video stream" in r:
-        return "no_video"
-    if any(k in r for k in ("not found", "corrupt", "unreadable", "could not be decoded", "no decodable",
-                            "holds no", "invalid data")):
-        return "unreadable"
-    return "other"
-
-
 def resize_short_side(frames: torch.Tensor, size: int, square: bool = False) -> torch.Tensor:
     """Resize ``(T, 3, H, W)`` uint8 so that the shorter side is ``size`` (or to ``size x size``).
 
@@ -298,47 +307,54 @@ def prepare_clip(path: PathLike, out_dir: PathLike, cfg: PrepareConfig) -> dict[
     return rec
 
 
+ClipFn = Callable[[PathLike, PathLike, PrepareConfig], dict]
+
+
 def _worker_init() -> None:
     # Each worker decodes one clip at a time; torch's intra-op threads would only oversubscribe.
     torch.set_num_threads(1)
 
 
-def _work(args: tuple[str, str, dict]) -> dict[str, Any]:
+def _work(clip_fn: ClipFn, args: tuple[str, str, dict]) -> dict[str, Any]:
     path, out, cfg = args
-    return prepare_clip(path, out, PrepareConfig(**cfg))
+    return clip_fn(path, out, PrepareConfig(**cfg))
 
 
-def _run_jobs(jobs: list[tuple[str, str, dict]], num_workers: int,
-              start_method: Optional[str] = None) -> Iterator[dict[str, Any]]:
-    """Yield each job's record as it finishes, in this process or in ``num_workers`` processes."""
-    if num_workers == 0 or len(jobs) <= 1:
-        for j in jobs:
-            yield _work(j)
+def _run_jobs(
+    jobs: list[tuple[int, tuple[str, str, dict]]],
+    num_workers: int,
+    clip_fn: ClipFn,
+    on_start: Callable[[int], None],
+    start_method: Optional[str] = None,
+    timeout: Optional[float] = None,
+) -> Iterator[JobOutcome]:
+    """Run ``(key, job)`` pairs in this process (``num_workers=0``) or in a :class:`ContainedPool`.
+
+    ``on_start(key)`` runs before each job starts (the log's "attempted" record).
+    """
+    fn = functools.partial(_work, clip_fn)
+    if num_workers == 0:
+        for key, job in jobs:
+            on_start(key)
+            try:
+                yield JobOutcome(key, True, fn(job))
+            except Exception as e:  # noqa: BLE001  (prepare_clip catches its own; a custom clip_fn may not)
+                yield JobOutcome(key, False, None, f"{type(e).__name__}: {e}")
         return
     # fork (as torch's DataLoader does on Linux) starts workers at once; spawn would re-import
-    # the package and Avalanche in every worker (~7 s each). A pool whose workers die raises
-    # BrokenProcessPool instead of hanging.
-    if start_method is None:
-        start_method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-    ctx = mp.get_context(start_method)
-    window = 4 * num_workers  # bounded number of queued jobs keeps memory flat on 100k-clip runs
-    with ProcessPoolExecutor(min(num_workers, len(jobs)), mp_context=ctx, initializer=_worker_init) as pool:
-        it = iter(jobs)
-        pending = {pool.submit(_work, j) for j in itertools.islice(it, window)}
-        try:
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    yield fut.result()
-                pending |= {pool.submit(_work, j) for j in itertools.islice(it, len(done))}
-        finally:
-            for fut in pending:
-                fut.cancel()
+    # the package and Avalanche in every worker (~7 s each).
+    with ContainedPool(fn, min(num_workers, max(1, len(jobs))), timeout=timeout, start_method=start_method,
+                       initializer=_worker_init) as pool:
+        yield from pool.imap(jobs, on_start=on_start)
 
 
 # --------------------------------------------------------------------------- the pipeline
 def _read_log(path: Path) -> dict[str, dict]:
-    """Last record per ``video_id`` of the log (a torn last line from a crash is ignored)."""
+    """Last record per ``video_id`` of the log (a torn last line from a crash is ignored).
+
+    Statuses: ``ok``, ``bad`` (final), ``started`` (attempted: decoding began and no final
+    record followed, so the run died meanwhile) and ``cancelled`` (interrupted cleanly).
+    """
     records: dict[str, dict] = {}
     if not path.is_file():
         return records
@@ -368,18 +384,38 @@ def _write_outputs(out: Path, records: dict[str, dict]) -> tuple[Path, Path, pd.
                 "n_frames": r["n_frames"], "duration": None if not math.isfinite(r["duration"]) else r["duration"],
                 "source": r["source"]} for r in ok]
     manifest = out / _MANIFEST
-    tmp = out / f"{_MANIFEST}.tmp"
-    if entries:
-        write_manifest(tmp, entries)
-    else:
-        tmp.write_text(json.dumps({"data": []}))
-    os.replace(tmp, manifest)
+    # A unique temporary name, renamed over the old file: readers (and a run killed meanwhile)
+    # only ever see a complete manifest.
+    tmp = out / f"{_MANIFEST}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        if entries:
+            write_manifest(tmp, entries)
+        else:
+            tmp.write_text(json.dumps({"data": []}))
+        os.replace(tmp, manifest)
+    finally:
+        tmp.unlink(missing_ok=True)
     bad = sorted((r for r in records.values() if r["status"] == "bad"), key=lambda r: r["video_id"])
     report = pd.DataFrame({"video_id": [r["video_id"] for r in bad], "path": [r["source"] for r in bad],
                            "category": [r["category"] for r in bad], "reason": [r["reason"] for r in bad]})
     report_path = out / _REPORT
-    report.to_csv(report_path, index=False)
+    tmp_report = out / f"{_REPORT}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        report.to_csv(tmp_report, index=False)
+        os.replace(tmp_report, report_path)
+    finally:
+        tmp_report.unlink(missing_ok=True)
     return manifest, report_path, report, len(ok)
+
+
+def _bad_record(path: Path, reason: str) -> dict[str, Any]:
+    return {"video_id": path.stem, "source": os.fspath(path), "status": "bad", "category": categorise_reason(reason),
+            "reason": reason, "n_frames": 0, "duration": float("nan"), "video_path": "", "wav": ""}
+
+
+#: Reason recorded for a clip that an earlier run was decoding in its own process when it died.
+DIED_EARLIER_REASON = ("decoder crashed (the process died while decoding this clip in an earlier run, "
+                       "with num_workers=0; --retry-bad tries it again)")
 
 
 def prepare(
@@ -394,6 +430,9 @@ def prepare(
     only: Optional[Iterable[str]] = None,
     files: Optional[Sequence[PathLike]] = None,
     start_method: Optional[str] = None,
+    clip_timeout: Optional[float] = 600.0,
+    manifest_interval: float = 10.0,
+    clip_fn: Optional[ClipFn] = None,
     **overrides: Any,
 ) -> PrepareResult:
     """Decode every video under ``src`` into the cache ``out`` (see the module docstring).
@@ -402,14 +441,24 @@ def prepare(
         src: folder of raw videos (searched recursively; ``out`` is skipped if inside it).
         out: cache folder (created).
         config: settings; keyword ``overrides`` replace single fields (``fps=2``, ...).
-        num_workers: worker processes; ``0`` decodes in this process.
+        num_workers: worker processes, each clip decoded in one where a native crash is
+            contained; ``0`` decodes in this process (a crash then ends the run, and the next
+            run records the clip as ``crashed`` instead of retrying it).
         progress: show a tqdm progress bar.
-        retry_bad: decode again the clips an earlier run found bad.
+        retry_bad: decode again the clips an earlier run found bad (crashed ones included).
         overwrite: accept a cache made with other settings (its clips are redone).
         only: restrict to these file stems (e.g. the clips a benchmark uses).
         files: explicit video files instead of searching ``src``.
         start_method: multiprocessing start method of the workers (default ``"fork"`` where
             available, else ``"spawn"``).
+        clip_timeout: seconds one clip may take in a worker before the worker is killed and
+            the clip recorded as ``timeout`` (``None``: no limit; not applied with
+            ``num_workers=0``).
+        manifest_interval: seconds between atomic rewrites of ``manifest.json`` and the report
+            during the run (``0``: after every clip).
+        clip_fn: the per-clip job, called as ``clip_fn(path, out_dir, config)`` and returning
+            :func:`prepare_clip`'s record (default :func:`prepare_clip`; with ``"spawn"`` it
+            must be importable). Meant for tests and custom pipelines.
 
     Returns:
         A :class:`PrepareResult`; its ``summary()`` is what the CLI prints.
@@ -429,6 +478,11 @@ def prepare(
     cfg = base
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if clip_timeout is not None and not clip_timeout > 0:
+        raise ValueError(f"clip_timeout must be > 0 seconds or None, got {clip_timeout}")
+    if not manifest_interval >= 0:
+        raise ValueError(f"manifest_interval must be >= 0 seconds, got {manifest_interval}")
+    clip_fn = prepare_clip if clip_fn is None else clip_fn
     out_dir = Path(out)
     videos = [Path(f) for f in files] if files is not None else find_videos(src, exclude=[out_dir])
     if only is not None:
@@ -448,38 +502,86 @@ def prepare(
                                  f"pass overwrite=True (--overwrite) to redo it, or choose another folder")
             log_path.unlink(missing_ok=True)
     cfg_path.write_text(json.dumps(cfg.to_json(), indent=1))
+    # Half-written outputs of clips whose worker (or run) died keep their temporary names.
+    for d in (out_dir / "frames", out_dir / "audio"):
+        for e in os.scandir(d):
+            if ".tmp-" in e.name:
+                shutil.rmtree(e.path, ignore_errors=True) if e.is_dir() else os.unlink(e.path)
 
     records = _read_log(log_path)
+    # A clip whose last record is "started" was being decoded when its run died. Decoded in
+    # the run's own process, it is the prime suspect: record it as crashed so that this run
+    # does not die on it again. Decoded in a worker, the worker's death would have been
+    # caught; the run itself was killed (Ctrl-C, SIGKILL), so the clip is simply redone.
+    died = [r for r in records.values() if r["status"] == "started" and r.get("in_process")]
     todo: list[Path] = []
     n_skipped = 0
-    for v in videos:
-        r = records.get(v.stem)
-        if r is not None and ((r["status"] == "ok" and _outputs_exist(out_dir, r)) or (r["status"] == "bad" and not retry_bad)):
-            n_skipped += 1
-        else:
-            todo.append(v)
+    with open(log_path, "a", encoding="utf-8") as log:
 
-    n_ok = n_bad = 0
-    from tqdm.auto import tqdm  # noqa: PLC0415
+        def append(rec: dict) -> None:
+            log.write(json.dumps(rec) + "\n")
+            log.flush()  # on disk before the next clip: a crash loses at most this line
 
-    bar = tqdm(total=len(todo), desc="prepare", unit="clip", disable=not progress or not todo)
-    try:
-        with open(log_path, "a", encoding="utf-8") as log:
-            jobs = [(os.fspath(v), os.fspath(out_dir), cfg.to_json()) for v in todo]
-            for rec in _run_jobs(jobs, num_workers, start_method):
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
+        for r in died:
+            rec = _bad_record(Path(r["source"]), DIED_EARLIER_REASON)
+            rec["video_id"] = r["video_id"]
+            append(rec)
+            records[r["video_id"]] = rec
+        died_ids = {r["video_id"] for r in died}
+        for v in videos:
+            r = records.get(v.stem)
+            done = r is not None and (
+                (r["status"] == "ok" and _outputs_exist(out_dir, r)) or (r["status"] == "bad" and not retry_bad))
+            if done or (v.stem in died_ids and not retry_bad):
+                n_skipped += 1
+            else:
+                todo.append(v)
+        n_died_earlier = sum(1 for v in videos if v.stem in died_ids)
+
+        n_ok = n_bad = n_crashed = 0
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=len(todo), desc="prepare", unit="clip", disable=not progress or not todo)
+        in_process = num_workers == 0
+        in_flight: set[int] = set()
+
+        def on_start(key: int) -> None:
+            v = todo[key]
+            append({"video_id": v.stem, "source": os.fspath(v), "status": "started", "in_process": in_process})
+            in_flight.add(key)
+
+        # The manifest of what is already done exists from the start, and is rewritten
+        # atomically as the run goes, so that a run killed at any point leaves a usable cache.
+        _write_outputs(out_dir, records)
+        last_write = time.monotonic()
+        try:
+            jobs = [(i, (os.fspath(v), os.fspath(out_dir), cfg.to_json())) for i, v in enumerate(todo)]
+            for res in _run_jobs(jobs, num_workers, clip_fn, on_start, start_method, clip_timeout):
+                in_flight.discard(res.key)
+                v = todo[res.key]
+                if res.ok:
+                    rec = res.result
+                else:
+                    rec = _bad_record(v, res.error)
+                    n_crashed += res.crashed or res.timed_out
+                append(rec)
                 records[rec["video_id"]] = rec
                 if rec["status"] == "ok":
                     n_ok += 1
                 else:
                     n_bad += 1
                 bar.update(1)
-    finally:
-        bar.close()
-        # Written even when interrupted, so the finished clips are usable right away.
-        manifest, report_path, report, n_cached = _write_outputs(out_dir, records)
+                if time.monotonic() - last_write >= manifest_interval:
+                    _write_outputs(out_dir, records)
+                    last_write = time.monotonic()
+        finally:
+            bar.close()
+            # Interrupted cleanly (Ctrl-C, an exception): the clips in flight are not to blame.
+            for key in sorted(in_flight):
+                append({"video_id": todo[key].stem, "source": os.fspath(todo[key]), "status": "cancelled"})
+            manifest, report_path, report, n_cached = _write_outputs(out_dir, records)
     return PrepareResult(
         out_dir=out_dir, n_total=len(videos), n_processed=n_ok + n_bad, n_ok=n_ok, n_bad=n_bad, n_skipped=n_skipped,
         report=report, manifest_path=manifest, report_path=report_path, seconds=time.time() - t0, n_cached=n_cached,
+        n_crashed=n_crashed, n_died_earlier=n_died_earlier,
     )

@@ -3,7 +3,13 @@
 decord is optional (x86_64 wheels only) and imported lazily; PyAV and soundfile
 cover every format without it.
 """
-from avalanche_av.benchmarks.io.audio import AUDIO_FILE_SUFFIXES, load_audio, load_fbank
+from avalanche_av.benchmarks.io.audio import (
+    AUDIO_FILE_SUFFIXES,
+    MAX_AUDIO_CHANNELS,
+    check_audio_stream,
+    load_audio,
+    load_fbank,
+)
 from avalanche_av.benchmarks.io.audio_frontend import (
     FBANK_MEAN,
     FBANK_STD,
@@ -12,7 +18,8 @@ from avalanche_av.benchmarks.io.audio_frontend import (
     waveform_to_fbank,
 )
 from avalanche_av.benchmarks.io.dataset import AVClipDataset, probe_clip, scan_clips
-from avalanche_av.benchmarks.io.errors import ClipDecodeError, ManifestError
+from avalanche_av.benchmarks.io.errors import BAD_CATEGORIES, ClipDecodeError, ManifestError, categorise_reason
+from avalanche_av.benchmarks.io.isolation import ContainedPool, JobOutcome, run_contained
 from avalanche_av.benchmarks.io.manifest import (
     LABEL_COLUMNS,
     MANIFEST_KEYS,
@@ -40,15 +47,21 @@ from avalanche_av.benchmarks.io.writer import write_av_clip, write_wav
 __all__ = [
     "AUDIO_FILE_SUFFIXES",
     "AVClipDataset",
+    "BAD_CATEGORIES",
     "ClipDecodeError",
+    "ContainedPool",
     "FBANK_MEAN",
     "FBANK_STD",
+    "JobOutcome",
     "LABEL_COLUMNS",
     "MANIFEST_KEYS",
+    "MAX_AUDIO_CHANNELS",
     "ManifestError",
     "ManifestFileReport",
     "SAMPLE_RATE",
     "augment_fbank",
+    "categorise_reason",
+    "check_audio_stream",
     "check_manifest_files",
     "crop_resize_frames",
     "decode_frames",
@@ -64,6 +77,7 @@ __all__ = [
     "read_label_csv",
     "read_manifest",
     "resize_frames",
+    "run_contained",
     "sample_frame_indices",
     "scan_clips",
     "waveform_to_fbank",

@@ -11,14 +11,20 @@ Backends (``backend=``):
   everything else. decord is not used automatically: PyAV is always installed,
   decodes audio just as fast, and reports stream problems more precisely.
 
-Multi-channel audio is mixed down by averaging the channels; resampling uses
+Multi-channel audio (any channel count up to :data:`MAX_AUDIO_CHANNELS`, e.g. stereo,
+5.1, 7.1) is mixed down by averaging the channels; resampling uses
 ``torchaudio.functional.resample`` (``torchaudio.load`` is avoided because it now
 needs torchcodec).
+
+Before PyAV decodes a stream, :func:`check_audio_stream` reads its header and refuses,
+with a :class:`ClipDecodeError` naming the file, what FFmpeg or PyAV cannot handle
+(see ``docs/reliability.md``).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import numpy as np
 import torch
@@ -35,7 +41,15 @@ from avalanche_av.benchmarks.io._common import (
 from avalanche_av.benchmarks.io.audio_frontend import SAMPLE_RATE, augment_fbank, waveform_to_fbank
 from avalanche_av.benchmarks.io.errors import ClipDecodeError, PathLike
 
-__all__ = ["AUDIO_FILE_SUFFIXES", "AudioBackend", "load_audio", "load_fbank"]
+__all__ = [
+    "AUDIO_FILE_SUFFIXES",
+    "AudioBackend",
+    "MAX_AUDIO_CHANNELS",
+    "MAX_SAMPLE_RATE",
+    "check_audio_stream",
+    "load_audio",
+    "load_fbank",
+]
 
 #: Suffixes read with soundfile in ``backend="auto"``.
 AUDIO_FILE_SUFFIXES = frozenset({".wav", ".flac", ".ogg", ".oga", ".aif", ".aiff"})
@@ -54,6 +68,60 @@ def _read_soundfile(path: str) -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(data.T), int(sr)
 
 
+#: Most audio channels accepted. FFmpeg's resampler handles at most 64 (``SWR_CH_MAX``) and
+#: fails on more; refusing them from the header gives a clearer error.
+MAX_AUDIO_CHANNELS = 64
+#: Highest sample rate accepted (Hz); anything above is a corrupt header, not real audio.
+MAX_SAMPLE_RATE = 768_000
+
+
+def check_audio_stream(path: str, stream: Any) -> dict[str, Any]:
+    """Header probe of a PyAV audio stream: reject what cannot be decoded safely.
+
+    Reads only the stream header (no packet is decoded): channel count, channel layout,
+    sample rate, duration and codec.
+
+    Returns:
+        ``{"channels", "layout", "sample_rate", "duration", "codec"}``; ``duration`` in
+        seconds (NaN when the header has none).
+
+    Raises:
+        ClipDecodeError: ``"unsupported audio stream: ..."`` naming the problem: no channels
+            or more than :data:`MAX_AUDIO_CHANNELS`, a layout whose channel count disagrees
+            with the stream's, a sample rate outside ``1..MAX_SAMPLE_RATE``, or no decoder.
+    """
+    cc = stream.codec_context
+    channels = int(getattr(cc, "channels", 0) or 0)
+    layout = getattr(cc, "layout", None)
+    layout_channels = len(layout.channels) if layout is not None else channels
+    rate = int(getattr(stream, "rate", 0) or getattr(cc, "sample_rate", 0) or 0)
+    codec = getattr(getattr(cc, "codec", None), "name", None)
+    duration = math.nan
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    info = {"channels": channels, "layout": getattr(layout, "name", ""), "sample_rate": rate,
+            "duration": duration, "codec": codec or ""}
+    if not codec:
+        raise ClipDecodeError(path, "unsupported audio stream: no decoder for its codec")
+    if not 1 <= channels <= MAX_AUDIO_CHANNELS:
+        raise ClipDecodeError(path, f"unsupported audio stream: {channels} channels "
+                                    f"(supported: 1..{MAX_AUDIO_CHANNELS})")
+    if layout_channels != channels:
+        raise ClipDecodeError(path, f"unsupported audio stream: channel layout '{info['layout']}' has "
+                                    f"{layout_channels} channels but the stream has {channels}")
+    if not 1 <= rate <= MAX_SAMPLE_RATE:
+        raise ClipDecodeError(path, f"unsupported audio stream: sample rate {rate} Hz "
+                                    f"(supported: 1..{MAX_SAMPLE_RATE})")
+    return info
+
+
+def _packed_to_channels(out: Any) -> np.ndarray:
+    """A packed (interleaved) float frame -> ``(C, S)`` float32 samples."""
+    n_ch = len(out.layout.channels)
+    # to_ndarray of a packed frame is (1, S * C), samples interleaved channel by channel.
+    return out.to_ndarray().reshape(-1, n_ch).T
+
+
 def _read_pyav(path: str) -> tuple[np.ndarray, int]:
     """Returns ``(C, S)`` float32 samples of the first audio stream and their rate."""
     import av  # noqa: PLC0415
@@ -63,18 +131,22 @@ def _read_pyav(path: str) -> tuple[np.ndarray, int]:
         if not container.streams.audio:
             raise ClipDecodeError(path, f"no audio stream ({stream_summary(container)})")
         stream = container.streams.audio[0]
-        # Only the sample format is converted (to planar float); layout and rate are
-        # kept so that the channel mix and resampling happen in torch for every backend.
-        resampler = av.AudioResampler(format="fltp")
+        check_audio_stream(path, stream)
+        # Only the sample format is converted, to *packed* float: layout and rate are kept so
+        # that the channel mix and resampling happen in torch for every backend. Planar
+        # "fltp" must not be used: PyAV 18 miscounts the planes of a planar frame with 8 or
+        # more channels (9 for 8) and to_ndarray() then reads past the frame and segfaults.
+        # A packed frame has one plane whatever the channel count.
+        resampler = av.AudioResampler(format="flt")
         chunks: list[np.ndarray] = []
         rate = 0
         try:
             for frame in container.decode(stream):
                 rate = rate or frame.sample_rate
                 for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray())
+                    chunks.append(_packed_to_channels(out))
             for out in resampler.resample(None):
-                chunks.append(out.to_ndarray())
+                chunks.append(_packed_to_channels(out))
         except (av.FFmpegError, ValueError) as e:
             raise ClipDecodeError(path, f"audio stream could not be decoded ({ffmpeg_message(e)})") from e
         if not chunks or rate <= 0:

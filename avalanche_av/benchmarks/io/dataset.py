@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import Dataset
 
 from avalanche_av.benchmarks.io._common import open_container
-from avalanche_av.benchmarks.io.audio import AudioBackend, load_fbank
+from avalanche_av.benchmarks.io.audio import AudioBackend, check_audio_stream, load_fbank
 from avalanche_av.benchmarks.io.errors import ClipDecodeError, PathLike
 from avalanche_av.benchmarks.io.video import VideoBackend, list_frame_files, load_video_frames
 
@@ -213,6 +213,10 @@ def probe_clip(
 ) -> dict[str, Any]:
     """Probe one clip cheaply: container headers only, plus one frame per stream if ``decode``.
 
+    The audio stream's header goes through
+    :func:`~avalanche_av.benchmarks.io.audio.check_audio_stream` (channel count, layout,
+    sample rate), so a clip the audio decoder would refuse is found here already.
+
     A frame folder counts as ok when it holds images (its duration is unknown,
     ``has_audio`` is False, and ``require_audio`` does not apply since its audio
     lives in a separate file).
@@ -243,6 +247,9 @@ def probe_clip(
                 raise ClipDecodeError(p, "no video stream")
             if require_audio and not aus:
                 raise ClipDecodeError(p, "no audio stream")
+            if aus:
+                # Refuses what the audio decoder cannot handle (e.g. > 64 channels) from the header.
+                check_audio_stream(p, aus[0])
             if min_duration > 0 and not math.isnan(rec["duration"]) and rec["duration"] < min_duration:
                 raise ClipDecodeError(p, f"too short: lasts {rec['duration']:.3f} s, need at least {min_duration:.3f} s")
             if decode:

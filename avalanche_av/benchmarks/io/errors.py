@@ -8,7 +8,12 @@ from __future__ import annotations
 import os
 from typing import Union
 
-__all__ = ["ClipDecodeError", "ManifestError"]
+__all__ = ["BAD_CATEGORIES", "ClipDecodeError", "ManifestError", "categorise_reason"]
+
+#: Categories of bad clips, as counted by ``prepare`` and the benchmarks' data report:
+#: ``crashed`` (the decoder died: a native crash, contained in a worker process) and
+#: ``timeout`` (the decoder hung) come from ``docs/reliability.md``'s containment.
+BAD_CATEGORIES = ("unreadable", "no_audio", "no_video", "too_short", "unsupported", "crashed", "timeout", "other")
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -40,3 +45,31 @@ class ClipDecodeError(ValueError):
 
 class ManifestError(ValueError):
     """A manifest or label table is malformed, or refers to files that do not exist."""
+
+
+def categorise_reason(reason: str) -> str:
+    """Map a :class:`ClipDecodeError` reason to one of :data:`BAD_CATEGORIES`.
+
+    A reason already prefixed with a category (``"too_short: too short: ..."``, as the
+    ``prepare`` report's ``category: reason`` strings are) keeps that category.
+    """
+    r = reason.strip().lower()
+    head = r.split(":", 1)[0].strip()
+    if head in BAD_CATEGORIES and ":" in r:
+        return head
+    if r.startswith("decoder crashed"):
+        return "crashed"
+    if r.startswith("decoder timed out"):
+        return "timeout"
+    if r.startswith("too short"):
+        return "too_short"
+    if r.startswith("unsupported audio stream") or r.startswith("unsupported video stream"):
+        return "unsupported"
+    if "no audio stream" in r:
+        return "no_audio"
+    if "no video stream" in r:
+        return "no_video"
+    if any(k in r for k in ("not found", "corrupt", "unreadable", "could not be decoded", "no decodable",
+                            "holds no", "invalid data")):
+        return "unreadable"
+    return "other"

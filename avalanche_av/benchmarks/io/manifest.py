@@ -13,6 +13,10 @@ columns can also come as a CSV table.
 
 Label table (CSV): columns ``index,mid,display_name``; ``index`` is the class index
 used as the retrieval ``target``.
+
+Confinement: given a ``root``, :func:`read_manifest` refuses an entry whose ``wav`` or
+``video_path`` resolves outside it (``../../outside/frames``, ``/etc/...``), unless
+``allow_outside_root=True``; see :func:`check_paths_under_root`.
 """
 from __future__ import annotations
 
@@ -39,6 +43,7 @@ __all__ = [
     "check_manifest_files",
     "manifest_to_entries",
     "load_manifest_entries",
+    "check_paths_under_root",
 ]
 
 MANIFEST_KEYS = ("video_id", "wav", "video_path", "labels")
@@ -91,13 +96,80 @@ def _resolve(df: pd.DataFrame, base: Path) -> pd.DataFrame:
     return df
 
 
-def read_manifest(path: PathLike, resolve_relative: bool = True) -> pd.DataFrame:
+Roots = Union[PathLike, Sequence[PathLike]]
+
+
+def _norm(p: PathLike) -> str:
+    return os.path.normpath(os.path.abspath(os.fspath(p)))
+
+
+def check_paths_under_root(
+    df: pd.DataFrame,
+    roots: Roots,
+    source: str,
+    base: Optional[PathLike] = None,
+    columns: Sequence[str] = _PATH_KEYS,
+) -> None:
+    """Require every non-empty path in ``columns`` to lie inside one of ``roots``.
+
+    A path is resolved against ``base`` (relative values; absolute ones stay) and normalised
+    (``..`` and ``.`` removed) before the check. The check is lexical: symbolic links are
+    not followed, so a link the user placed inside the root to data elsewhere keeps working,
+    while a manifest entry cannot climb out with ``..`` or name an absolute path elsewhere.
+
+    Args:
+        df: manifest rows (``video_id`` is used in the message when present).
+        roots: the folder(s) the paths must lie in.
+        source: the manifest's name for the message.
+        base: folder relative paths are relative to (default: the current directory).
+        columns: the path columns.
+
+    Raises:
+        ManifestError: naming the manifest, the number of offending entries and the first
+            one (index, ``video_id``, key, value and where it resolves), and the opt-in.
+    """
+    root_list = [roots] if isinstance(roots, (str, os.PathLike)) else list(roots)
+    allowed = [_norm(r) for r in root_list]
+    b = os.fspath(base) if base is not None else os.getcwd()
+
+    def inside(p: str) -> bool:
+        return any(p == r or p.startswith(r.rstrip(os.sep) + os.sep) for r in allowed)
+
+    bad: list[tuple[int, str, str, str]] = []
+    for c in columns:
+        if c not in df.columns:
+            continue
+        for i, v in enumerate(df[c]):
+            if isinstance(v, str) and v:
+                resolved = _norm(os.path.join(b, v))
+                if not inside(resolved):
+                    bad.append((i, c, v, resolved))
+    if bad:
+        i, c, v, resolved = bad[0]
+        vid = f" (video_id {df['video_id'].iloc[i]!r})" if "video_id" in df.columns else ""
+        where = " or ".join(allowed)
+        raise ManifestError(
+            f"{source}: {len(bad)} path(s) lie outside the data root {where}; first: entry {i}{vid} {c} {v!r} "
+            f"resolves to {resolved}. Pass allow_outside_root=True (--allow-outside-root) to read them anyway"
+        )
+
+
+def read_manifest(
+    path: PathLike,
+    resolve_relative: bool = True,
+    root: Optional[Roots] = None,
+    allow_outside_root: bool = False,
+) -> pd.DataFrame:
     """Read a manifest (``.json`` as above, or ``.csv`` with the same columns).
 
     Args:
         path: the manifest file.
         resolve_relative: make relative ``wav``/``video_path`` values relative to the
             manifest's folder (absolute ones are kept).
+        root: the data root (or several): every ``wav``/``video_path`` must resolve inside
+            it (:func:`check_paths_under_root`). ``None``: no check (a plain CAV-MAE manifest
+            with absolute paths anywhere).
+        allow_outside_root: explicit opt-in to read entries outside ``root``.
 
     Returns:
         DataFrame with one row per entry: columns ``video_id, wav, video_path,
@@ -105,7 +177,8 @@ def read_manifest(path: PathLike, resolve_relative: bool = True) -> pd.DataFrame
 
     Raises:
         ManifestError: unreadable file, no ``data`` list, entries lacking required
-            keys or with non-string values (message gives counts and examples).
+            keys or with non-string values (message gives counts and examples), or a path
+            outside ``root``.
     """
     p = Path(path)
     if not p.is_file():
@@ -127,6 +200,8 @@ def read_manifest(path: PathLike, resolve_relative: bool = True) -> pd.DataFrame
             raise ManifestError(f'{source}: expected an object {{"data": [...]}}, got {type(obj).__name__} '
                                 f"with keys {list(obj)[:5] if isinstance(obj, Mapping) else '-'}")
         df = _validate_records(obj["data"], source)
+    if root is not None and not allow_outside_root:
+        check_paths_under_root(df, root, source, base=p.parent.resolve())
     return _resolve(df, p.parent.resolve()) if resolve_relative else df
 
 
@@ -359,14 +434,18 @@ def load_manifest_entries(
     label_csv: Optional[PathLike] = None,
     check_files: bool = True,
     clip_id_start: int = 0,
+    root: Optional[Roots] = None,
+    allow_outside_root: bool = False,
 ) -> pd.DataFrame:
     """Read a manifest (and label table), check its files exist, and build dataset entries.
 
+    ``root`` / ``allow_outside_root``: see :func:`read_manifest`.
+
     Raises:
-        ManifestError: malformed manifest/label table, or (``check_files``) missing
-            files, with counts and examples.
+        ManifestError: malformed manifest/label table, a path outside ``root``, or
+            (``check_files``) missing files, with counts and examples.
     """
-    df = read_manifest(manifest_path)
+    df = read_manifest(manifest_path, root=root, allow_outside_root=allow_outside_root)
     if check_files:
         check_manifest_files(df).raise_if_missing(f"manifest {manifest_path}")
     table = read_label_csv(label_csv) if label_csv is not None else None

@@ -42,6 +42,22 @@ def _audio_1d(audio: ArrayLike, name: str = "audio") -> np.ndarray:
     return np.clip(a, -1.0, 1.0)
 
 
+def _audio_channels(audio: ArrayLike, name: str = "audio") -> np.ndarray:
+    """``(S,)`` or ``(C, S)`` float audio -> ``(C, S)`` float32 clipped to ``[-1, 1]``."""
+    a = _to_numpy(audio)
+    if a.ndim == 1:
+        return _audio_1d(a, name)[None, :]
+    if a.ndim != 2 or a.shape[0] < 1 or a.shape[1] == 0:
+        raise ValueError(f"{name} must be (S,) or (C, S) with C >= 1 and S >= 1, got shape {a.shape}")
+    return np.stack([_audio_1d(ch, f"{name} channel {i}") for i, ch in enumerate(a)])
+
+
+def _audio_layout(n_channels: int) -> str:
+    # AAC's channel configurations for the counts it has a standard layout for.
+    return {1: "mono", 2: "stereo", 3: "3.0", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}.get(
+        n_channels, f"{n_channels}c")
+
+
 def _pick_h264_encoder() -> str:
     import av  # noqa: PLC0415
 
@@ -71,8 +87,9 @@ def write_av_clip(
         frames: ``(T, H, W, 3)`` uint8 RGB, numpy or torch. ``H`` and ``W`` must be
             even (yuv420p subsamples chroma by 2).
         fps: frame rate; frame ``t`` is shown at ``t / fps`` seconds.
-        audio: ``(S,)`` float mono samples in ``[-1, 1]`` (values outside are
-            clipped), or ``None`` for a video-only file.
+        audio: ``(S,)`` float mono samples, or ``(C, S)`` for ``C`` channels (AAC layouts:
+            2 stereo, 6 = 5.1, 8 = 7.1, ...), in ``[-1, 1]`` (values outside are clipped);
+            ``None`` for a video-only file.
         sample_rate: rate of ``audio`` in Hz.
         crf: x264 constant rate factor (lower is better quality; 18 is visually
             lossless for natural video).
@@ -99,7 +116,7 @@ def write_av_clip(
         raise ValueError(f"frame height and width must be even for yuv420p, got {h}x{w}")
     if not fps > 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    a = _audio_1d(audio) if audio is not None else None
+    a = _audio_channels(audio) if audio is not None else None
     if a is not None and sample_rate <= 0:
         raise ValueError(f"sample_rate must be positive, got {sample_rate}")
 
@@ -114,7 +131,7 @@ def write_av_clip(
         astream = None
         if a is not None:
             astream = container.add_stream("aac", rate=sample_rate)
-            astream.layout = "mono"
+            astream.layout = _audio_layout(a.shape[0])
             astream.bit_rate = audio_bitrate
         for i in range(t):
             vf = av.VideoFrame.from_ndarray(f[i], format="rgb24")
@@ -122,7 +139,9 @@ def write_av_clip(
             container.mux(vstream.encode(vf))
         container.mux(vstream.encode(None))
         if astream is not None:
-            af = av.AudioFrame.from_ndarray(a[None, :], format="fltp", layout="mono")
+            # Packed (interleaved) samples: PyAV's planar path mishandles 8+ channels.
+            af = av.AudioFrame.from_ndarray(np.ascontiguousarray(a.T).reshape(1, -1), format="flt",
+                                            layout=_audio_layout(a.shape[0]))
             af.sample_rate = sample_rate
             af.pts = 0
             # PyAV re-chunks the frame to the encoder's frame size (1024 for AAC).

@@ -13,6 +13,10 @@ bad rows and a few examples):
 - AudioSet ontology table: ``class_labels_indices.csv`` (``index,mid,display_name``) or
   ``ontology.json`` (a list of objects with ``id`` and ``name``).
 
+Row checks (:func:`check_clip_rows`): a clip listed twice in one split is used once, and a clip
+listed both for training and for evaluation is dropped from training (a train/test leak); the
+:class:`TableCheckReport` gives the counts and example names.
+
 Clip lookup (:func:`locate_clips`) maps each table row to the files present under a
 dataset root (video files, pre-extracted frame folders, 16 kHz audio files or a
 ``prepare`` cache) and reports the rows whose files are missing, with counts per split
@@ -49,6 +53,8 @@ __all__ = [
     "ClipLookupReport",
     "locate_clips",
     "read_prepared_cache",
+    "TableCheckReport",
+    "check_clip_rows",
 ]
 
 VGGSOUND_COLUMNS = ("youtube_id", "start_seconds", "label", "split")
@@ -120,6 +126,129 @@ def vggsound_clip_name(youtube_id: Union[str, pd.Series], start_seconds: Union[i
     if isinstance(youtube_id, pd.Series):
         return youtube_id.astype(str) + "_" + pd.Series(start_seconds, index=youtube_id.index).astype("int64").astype(str).str.zfill(6)
     return f"{youtube_id}_{int(start_seconds):06d}"
+
+
+# --------------------------------------------------------------------------- row checks
+@dataclass
+class TableCheckReport:
+    """Rows of a dataset table that must not be used as listed.
+
+    Attributes:
+        source: the table(s) checked.
+        n_rows: rows checked.
+        keep: ``(n_rows,)`` bool, the rows to use.
+        duplicated: rows dropped because an earlier row lists the same clip in the same
+            split (only the first is used, so a clip listed 3x trains once).
+        label_conflicts: of the ``duplicated`` rows, those whose label differs from the kept
+            row's (the kept row's label is used).
+        leaked_dropped: clips listed both in a training split and in the evaluation split,
+            whose training rows were dropped so that retrieval clips are never trained on.
+        unknown_labels: rows whose label is not a class of the dataset (set by the caller
+            from :func:`~avalanche_av.benchmarks.real.tasks.find_unknown_labels`).
+        unknown_label_names: ``{label: rows}`` of those labels, most frequent first.
+        examples: per field (``"duplicated"``, ``"label_conflicts"``, ``"leaked_dropped"``),
+            up to 5 clip names.
+    """
+
+    source: str
+    n_rows: int
+    keep: np.ndarray
+    duplicated: int = 0
+    label_conflicts: int = 0
+    leaked_dropped: int = 0
+    unknown_labels: int = 0
+    unknown_label_names: dict[str, int] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.duplicated or self.leaked_dropped or self.unknown_labels)
+
+    def counts(self) -> dict[str, int]:
+        """The counts, named as in the benchmark's data report."""
+        return {"duplicated": int(self.duplicated), "leaked_dropped": int(self.leaked_dropped),
+                "unknown_labels": int(self.unknown_labels)}
+
+    def summary(self) -> str:
+        """One line naming each problem with its count and examples ('' when there is none)."""
+        parts = []
+        if self.duplicated:
+            conflict = f", {self.label_conflicts} with another label" if self.label_conflicts else ""
+            parts.append(f"{self.duplicated} duplicated row(s) dropped{conflict} "
+                         f"(e.g. {', '.join(self.examples.get('duplicated', []))})")
+        if self.leaked_dropped:
+            parts.append(f"{self.leaked_dropped} clip(s) listed for both training and evaluation, dropped from "
+                         f"training (e.g. {', '.join(self.examples.get('leaked_dropped', []))})")
+        if self.unknown_labels:
+            names = ", ".join(f"{k!r} ({v})" for k, v in list(self.unknown_label_names.items())[:_MAX_EXAMPLES])
+            parts.append(f"{self.unknown_labels} row(s) with a label that is not a class of the dataset, left out: "
+                         f"{names}")
+        return f"{self.source}: " + "; ".join(parts) if parts else ""
+
+
+def check_clip_rows(
+    table: pd.DataFrame,
+    key: Sequence[str],
+    names: Sequence[str],
+    eval_split: str,
+    label_col: Optional[str] = None,
+    source: str = "table",
+) -> TableCheckReport:
+    """Find the rows that repeat a clip, and the clips listed for training and evaluation.
+
+    Two rows name the same clip when their ``key`` columns are equal (VGGSound:
+    ``youtube_id, start_seconds``; AudioSet: ``ytid, start_seconds``).
+
+    - **Duplicates**: a row naming the same clip in the same ``split`` as an earlier row is
+      dropped (the first row wins, with its label).
+    - **Leaks**: a clip with a row in ``eval_split`` and a row in any other split keeps only
+      its evaluation row: the retrieval sets are the fixed test split, and a clip trained on
+      must never be a retrieval query.
+
+    Vectorised (pandas ``duplicated``/``isin``), so it scales to the 200k-row VGGSound table.
+
+    Args:
+        table: rows with ``key`` columns and a ``split`` column.
+        key: the columns that identify a clip.
+        names: one clip name per row (used in the examples).
+        eval_split: the ``split`` value of evaluation rows (``"test"``, ``"eval"``).
+        label_col: compare this column to count ``label_conflicts`` (``None``: skip).
+        source: the table's name for the report.
+
+    Returns:
+        A :class:`TableCheckReport`; ``report.keep`` is aligned with ``table``'s rows.
+    """
+    n = len(table)
+    names = np.asarray(list(names), dtype=object)
+    if len(names) != n:
+        raise ValueError(f"names ({len(names)}) and table rows ({n}) differ in length")
+    lacking = [c for c in (*key, "split") if c not in table.columns]
+    if lacking:
+        raise ValueError(f"{source}: check_clip_rows needs columns {lacking}; have {list(table.columns)}")
+    df = table[[*key, "split"] + ([label_col] if label_col else [])].reset_index(drop=True)
+    dup = df.duplicated(subset=[*key, "split"], keep="first").to_numpy()
+    conflicts = 0
+    if label_col and dup.any():
+        first_label = df[~dup].set_index([*key, "split"])[label_col]
+        dup_rows = df[dup]
+        kept_label = first_label.reindex(pd.MultiIndex.from_frame(dup_rows[[*key, "split"]])).to_numpy()
+        conflicts = int((kept_label != dup_rows[label_col].to_numpy()).sum())
+    keep = ~dup
+    clip = pd.MultiIndex.from_frame(df[list(key)])
+    is_eval = (df["split"] == eval_split).to_numpy()
+    eval_clips = clip[is_eval & keep]
+    leaked = keep & ~is_eval & np.asarray(clip.isin(eval_clips))
+    keep &= ~leaked
+    return TableCheckReport(
+        source=source,
+        n_rows=n,
+        keep=keep,
+        duplicated=int(dup.sum()),
+        label_conflicts=conflicts,
+        leaked_dropped=int(leaked.sum()),
+        examples={"duplicated": list(dict.fromkeys(names[dup]))[:_MAX_EXAMPLES],
+                  "leaked_dropped": list(dict.fromkeys(names[leaked]))[:_MAX_EXAMPLES]},
+    )
 
 
 # --------------------------------------------------------------------------- AudioSet
@@ -254,6 +383,8 @@ class DatasetLayout:
         audio_dir: optional folder of extracted audio files (``<stem>.wav``/``.flac``...).
         frames_dir: optional folder of pre-extracted frame folders (``<stem>/*.jpg``).
         prepared_dir: optional ``avalanche-av prepare`` cache (holds ``manifest.json``).
+        allow_outside_root: read cache manifest entries that resolve outside ``root`` and
+            the cache folder (refused by default; see :func:`read_prepared_cache`).
     """
 
     root: Path
@@ -261,6 +392,7 @@ class DatasetLayout:
     audio_dir: Optional[Path] = None
     frames_dir: Optional[Path] = None
     prepared_dir: Optional[Path] = None
+    allow_outside_root: bool = False
 
 
 _VIDEO_DIR_NAMES = ("video", "videos", "clips", "mp4")
@@ -270,6 +402,7 @@ def find_layout(
     root: PathLike,
     video_dir: Optional[PathLike] = None,
     prepared: Union[str, PathLike, None] = "auto",
+    allow_outside_root: bool = False,
 ) -> DatasetLayout:
     """Find the clip folders of a dataset root.
 
@@ -279,6 +412,8 @@ def find_layout(
             ``clips/``, ``mp4/`` under ``root`` that exists, else ``root`` itself.
         prepared: ``"auto"`` (use ``root/prepared`` when it holds a ``manifest.json``), a
             cache folder, or ``None`` (ignore caches).
+        allow_outside_root: let the cache's manifest name files outside ``root`` and the
+            cache folder (an explicit opt-in; refused otherwise).
 
     Raises:
         FileNotFoundError: ``root`` (or an explicit folder) does not exist.
@@ -306,6 +441,7 @@ def find_layout(
         audio_dir=r / "audio" if (r / "audio").is_dir() else None,
         frames_dir=r / "frames" if (r / "frames").is_dir() else None,
         prepared_dir=prep,
+        allow_outside_root=bool(allow_outside_root),
     )
 
 
@@ -330,15 +466,25 @@ def _index_frame_dirs(frames_dir: Optional[Path]) -> dict[str, str]:
     return {e.name: e.path for e in os.scandir(frames_dir) if e.is_dir()}
 
 
-def read_prepared_cache(prepared_dir: PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+def read_prepared_cache(
+    prepared_dir: PathLike,
+    root: Optional[PathLike] = None,
+    allow_outside_root: bool = False,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Read a ``prepare`` cache: ``(ok_entries, bad_clips)``.
 
     ``ok_entries`` has ``video_id`` (the clip stem), ``video_path`` (frame folder) and
     ``wav`` (audio file) of every finished clip; ``bad_clips`` has ``video_id, path,
     category, reason`` of the clips ``prepare`` rejected (empty if there is no report).
+
+    Every manifest path must resolve inside the cache folder or ``root`` (the dataset
+    root); an entry such as ``../../outside/frames`` or an absolute path elsewhere raises
+    :class:`ManifestError` naming the manifest and the entry, unless
+    ``allow_outside_root=True``.
     """
     d = Path(prepared_dir)
-    ok = read_manifest(d / "manifest.json")
+    roots = [d] + ([Path(root)] if root is not None else [])
+    ok = read_manifest(d / "manifest.json", root=roots, allow_outside_root=allow_outside_root)
     report = d / "prepare_report.csv"
     if report.is_file():
         bad = pd.read_csv(report, dtype=str, keep_default_na=False)
@@ -417,7 +563,8 @@ def locate_clips(
     cache_bad: dict[str, str] = {}
     skip = [p for p in (layout.audio_dir, layout.frames_dir, layout.prepared_dir) if p is not None]
     if layout.prepared_dir is not None:
-        ok, bad = read_prepared_cache(layout.prepared_dir)
+        ok, bad = read_prepared_cache(layout.prepared_dir, root=layout.root,
+                                      allow_outside_root=layout.allow_outside_root)
         cache_ok = {v: (vp, w) for v, vp, w in zip(ok["video_id"], ok["video_path"], ok["wav"])}
         cache_bad = dict(zip(bad["video_id"], bad["category"] + ": " + bad["reason"]))
     videos = _index_files(layout.video_dirs, VIDEO_SUFFIXES, skip)

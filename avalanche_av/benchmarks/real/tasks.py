@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Literal, Optional, Sequence, Union
+from typing import Iterable, Literal, Optional, Sequence, Union
 
+import numpy as np
 import pandas as pd
 
 __all__ = [
@@ -28,6 +29,8 @@ __all__ = [
     "load_task_definition",
     "vggsound_stat",
     "BenchmarkName",
+    "UnknownLabels",
+    "find_unknown_labels",
 ]
 
 BenchmarkName = Literal["continual_vs", "continual_as"]
@@ -177,3 +180,48 @@ def vggsound_stat() -> pd.DataFrame:
         StringIO(_resource_text("vggsound_stat.csv")), header=None, names=["name", "count", "group"],
         dtype={"name": str, "group": str}, keep_default_na=False,
     )
+
+
+@dataclass(frozen=True)
+class UnknownLabels:
+    """Rows whose label(s) are not classes of the dataset.
+
+    Attributes:
+        mask: ``(N,)`` bool, rows with at least one unknown label.
+        labels: ``{label: rows}`` of every unknown label, most frequent first (ties by name).
+    """
+
+    mask: np.ndarray
+    labels: dict[str, int]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.mask.sum())
+
+
+def find_unknown_labels(labels: Iterable[Union[str, Sequence[str]]], known: Iterable[str]) -> UnknownLabels:
+    """Which rows carry a label that ``known`` does not list.
+
+    A VGGSound label that is not one of the dataset's classes (a typo, another dataset's
+    label) would otherwise count as "no task class" and land in the pre-training pool,
+    where a misspelt task class would leak task material; the builders leave such rows out
+    and report them.
+
+    Args:
+        labels: one entry per row: a label, or a sequence of labels (AudioSet's label ids).
+        known: the valid labels (VGGSound: :func:`vggsound_stat`'s ``name``; AudioSet: the
+            ontology's ids and display names).
+
+    Returns:
+        :class:`UnknownLabels`, with ``mask`` aligned with ``labels``.
+    """
+    known_set = set(known)
+    rows = [(lab,) if isinstance(lab, str) else tuple(lab) for lab in labels]
+    flat = pd.Series([x for r in rows for x in r], dtype=object)
+    pos = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+    unknown = ~flat.isin(known_set).to_numpy() if len(flat) else np.zeros(0, bool)
+    mask = np.zeros(len(rows), bool)
+    mask[pos[unknown]] = True
+    counts = flat[unknown].value_counts()
+    ordered = sorted(counts.items(), key=lambda kv: (-int(kv[1]), str(kv[0])))
+    return UnknownLabels(mask=mask, labels={str(k): int(v) for k, v in ordered})
