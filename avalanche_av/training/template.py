@@ -17,6 +17,8 @@ named fields, never positions:
   :meth:`AVPretraining.current_clips` returns them in storage form;
 * :meth:`AVPretraining.append_memory`: a plugin appends its replayed rows and registers the
   block as its own; :meth:`AVPretraining.memory_rows` tells any plugin which rows are whose;
+* :meth:`AVPretraining.replace_inputs`: a plugin replaces what the model sees for every row
+  (LUMP's mixed clips) while the stored clips stay the loaded ones;
 * ``strategy.mb_patches``: a plugin may set a :class:`~avalanche_av.models.inputs.PatchBatch`
   covering every row in ``before_forward``; the template then trains on those patch subsets
   (STELLA does this);
@@ -176,6 +178,8 @@ class AVPretraining(SupervisedTemplate):
         self.mb_patches: Optional[PatchBatch] = None
         self.mb_n_current = 0
         self.mb_memory_blocks: List[MemoryBlock] = []
+        #: the plugin that replaced this step's model inputs (:meth:`replace_inputs`), or None
+        self.mb_inputs_owner: Any = None
         self.step_skipped = False
         self._mb_cache: Dict[str, torch.Tensor] = {}
 
@@ -284,6 +288,11 @@ class AVPretraining(SupervisedTemplate):
                 f"{type(owner).__name__} appends memory rows after another plugin rewrote the minibatch "
                 "into patches; plugins that append memory must run before it"
             )
+        if self.mb_inputs_owner is not None:
+            raise RuntimeError(
+                f"{type(owner).__name__} appends memory rows after {type(self.mb_inputs_owner).__name__} "
+                "replaced the model inputs; plugins that append memory must run before it"
+            )
         start = self.mb_n_rows if not self.mb_memory_blocks else self.mb_memory_blocks[-1].stop
         if fields is None:
             if n_rows is None or n_rows < 0:
@@ -318,6 +327,29 @@ class AVPretraining(SupervisedTemplate):
         self.mb_memory_blocks.append(block)
         return block
 
+    def replace_inputs(self, owner: Any, audio: torch.Tensor, video: torch.Tensor) -> None:
+        """Make the model see ``audio`` / ``video`` for every row of this step instead of the loaded clips.
+
+        LUMP trains on mixed clips this way. Only what the forward reads changes (``mb_audio``,
+        ``mb_video``); the compact rows (``mb_audio_raw``/``mb_video_raw``, :meth:`current_clips`)
+        stay the loaded clips, so memories still store real clips. Valid until the next minibatch;
+        no plugin may append memory rows afterwards (that raises ``RuntimeError``).
+
+        Args:
+            owner: the plugin replacing the inputs (recorded in ``mb_inputs_owner``).
+            audio: ``(R, T, F)`` float fbank, ``R`` = every row of the minibatch.
+            video: ``(R, n, 3, H, W)`` float ImageNet-normalised frames.
+
+        Raises:
+            ValueError: a shape differs from ``mb_audio`` / ``mb_video``.
+        """
+        for name, new, cur in (("audio", audio, self.mb_audio), ("video", video, self.mb_video)):
+            if tuple(new.shape) != tuple(cur.shape):
+                raise ValueError(f"replace_inputs: {name} must have shape {tuple(cur.shape)}, got {tuple(new.shape)}")
+        self._mb_cache["audio"] = audio.to(self.device, torch.float32)
+        self._mb_cache["video"] = video.to(self.device, torch.float32)
+        self.mb_inputs_owner = owner
+
     def memory_rows(self, owner: Any) -> Optional[slice]:
         """The rows ``owner`` appended in this step, or ``None``."""
         for block in self.mb_memory_blocks:
@@ -340,6 +372,7 @@ class AVPretraining(SupervisedTemplate):
         self.mb_n_current = mbatch[0].shape[0]
         self.mb_memory_blocks = []
         self.mb_patches = None
+        self.mb_inputs_owner = None
         self._mb_cache = {}
 
     # ------------------------------------------------------------------ forward / loss
