@@ -1,5 +1,14 @@
-"""Evaluation for continual audio-video pre-training: zero-shot retrieval, A / F, modality gap, plots."""
+"""Evaluation for continual audio-video pre-training: zero-shot retrieval, A / F, modality gap, plots,
+and efficiency meters (FLOPs, saved activations, step phases; :mod:`.efficiency`)."""
 
+from avalanche_av.evaluation.efficiency import (
+    EfficiencyMetric,
+    EfficiencyPlugin,
+    FlopMeter,
+    PhaseMeter,
+    SavedActivationMeter,
+    memory_bytes_per_sample,
+)
 from avalanche_av.evaluation.functional import (
     average_accuracy,
     class_recall_at_k,
@@ -44,4 +53,10 @@ __all__ = [
     "avm_match_accuracy",
     "importance_share",
     "plot_attention_map",
+    "EfficiencyPlugin",
+    "EfficiencyMetric",
+    "FlopMeter",
+    "SavedActivationMeter",
+    "PhaseMeter",
+    "memory_bytes_per_sample",
 ]
