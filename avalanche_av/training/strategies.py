@@ -19,6 +19,7 @@ from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
 from .plugins import DERPlugin, OnlineReplayPlugin, StellaPlugin, check_mem_size
+from .plugins import CLSERPlugin, ESMERPlugin, LUMPPlugin
 
 __all__ = [
     "STRATEGIES",
@@ -181,6 +182,11 @@ for _spec_ in (
                  description="ablation: audio selected by frequency bands (paper Fig. 9)"),
     StrategySpec("stella-audio-none", StellaPlugin, {"store_patches": False, "audio_selection": "none"},
                  description="ablation: audio selected without structure (paper Fig. 9)"),
+    StrategySpec("cls-er", CLSERPlugin,
+                 description="CLS-ER: ER + MSE to the better of a plastic and a stable EMA; evaluates the stable one"),
+    StrategySpec("lump", LUMPPlugin, description="LUMP: train on Beta(a, a) mixups of current and memory clips"),
+    StrategySpec("esmer", ESMERPlugin,
+                 description="ESMER: EMA semantic memory, high-loss samples down-weighted and kept out of memory"),
     StrategySpec("er_exp", ReplayPlugin, build=_er_exp,
                  description="Avalanche's own ReplayPlugin + ReservoirSamplingBuffer (per-experience memory)"),
 ):

@@ -7,6 +7,9 @@ from .ewc import SSLEWCPlugin
 from .memory import OnlineMemoryPlugin, check_mem_size
 from .replay import DERPlugin, ERPlugin, OnlineReplayPlugin
 from .stella import StellaPlugin, StellaScores, StellaStep, StellaStepStats
+from .clser import CLSERPlugin
+from .esmer import ESMERPlugin
+from .lump import LUMPPlugin
 
 __all__ = [
     "OnlineMemoryPlugin",
@@ -19,4 +22,7 @@ __all__ = [
     "StellaStep",
     "StellaScores",
     "StellaStepStats",
+    "CLSERPlugin",
+    "LUMPPlugin",
+    "ESMERPlugin",
 ]
