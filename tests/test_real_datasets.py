@@ -525,7 +525,7 @@ def _outside_cache(tmp_path, info, video_path: str, wav: str, stem: str) -> Path
 
 
 @pytest.mark.parametrize("absolute", [False, True])
-def test_cache_manifest_path_escaping_the_root_is_refused(tmp_path, absolute):
+def test_cache_manifest_path_escaping_the_root_is_refused(tmp_path, absolute, capsys):
     info = _one_class(tmp_path)
     stem = _vs_rows(info).query("split == 'train'")["stem"].iloc[0]
     if absolute:
@@ -543,6 +543,16 @@ def test_cache_manifest_path_escaping_the_root_is_refused(tmp_path, absolute):
     bm = _quiet(continual_vs, info.root, allow_outside_root=True, **kw)
     ct = bm.clip_table.set_index("video_id")
     assert Path(ct.loc[stem, "video_path"]).resolve() == (tmp_path / "outside" / "frames" / stem).resolve()
+    # On the command line: one error line and exit 2, or the opt-in flag.
+    from avalanche_av.cli import main
+
+    args = ["stats", "--benchmark", "continual-vs", "--data-root", str(info.root), "--n-tasks", "1",
+            "--classes-per-task", "1", "--retrieval-clips-per-class", "1", "--no-per-class"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(manifest) in err and "Traceback" not in err
+    assert _quiet(main, args + ["--allow-outside-root"]) == 0
 
 
 def test_eight_channel_clip_in_a_benchmark_decodes(tmp_path):
