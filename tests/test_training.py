@@ -101,7 +101,7 @@ def test_invalid_arguments_say_what_is_allowed():
         make_plugins("gem", mem_size=10, batch_size=4)
 
 
-@pytest.mark.parametrize("name", ["er", "der++", "stella", "stella+", "cls-er", "lump", "esmer"])
+@pytest.mark.parametrize("name", ["er", "der++", "stella", "stella+", "cls-er", "lump", "esmer", "mir", "gmed"])
 def test_checkpoint_resume_reproduces_next_step(tiny_stream, name, tmp_path):
     """Save after experience 0, train on; a fresh strategy resumed from the file reproduces the
     first losses of experience 1 exactly (buffer, AVM, optimizer and RNG state all restored)."""

@@ -18,7 +18,7 @@ from avalanche.core import BasePlugin
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
-from .plugins import DERPlugin, OnlineReplayPlugin, StellaPlugin, check_mem_size
+from .plugins import DERPlugin, GMEDPlugin, MIRPlugin, OnlineReplayPlugin, StellaPlugin, check_mem_size
 from .plugins import CLSERPlugin, ESMERPlugin, LUMPPlugin
 
 __all__ = [
@@ -167,6 +167,8 @@ for _spec_ in (
     StrategySpec("finetune", None, uses_memory=False, description="no continual-learning method (lower bound)"),
     StrategySpec("er", OnlineReplayPlugin, description="experience replay on the task-free online reservoir"),
     StrategySpec("der++", DERPlugin, description="ER + MSE to stored pooled embeddings (DER++)"),
+    StrategySpec("mir", MIRPlugin, description="MIR: replay the candidates a virtual SGD step hurts most (C = 5)"),
+    StrategySpec("gmed", GMEDPlugin, description="GMED: edit memory clips toward higher post-update loss, then ER"),
     StrategySpec("stella", StellaPlugin, {"store_patches": False}, description="STELLA (ICML 2024)"),
     StrategySpec("stella+", StellaPlugin, {"store_patches": True},
                  description="STELLA+: memory stores only the selected patches"),

@@ -5,6 +5,8 @@ an injectable storage policy, named minibatch fields); see ``docs/training.md``.
 """
 from .ewc import SSLEWCPlugin
 from .memory import OnlineMemoryPlugin, check_mem_size
+from .gmed import GMEDPlugin
+from .mir import MIRPlugin
 from .replay import DERPlugin, ERPlugin, OnlineReplayPlugin
 from .stella import StellaPlugin, StellaScores, StellaStep, StellaStepStats
 from .clser import CLSERPlugin
@@ -18,6 +20,8 @@ __all__ = [
     "OnlineReplayPlugin",
     "ERPlugin",
     "DERPlugin",
+    "MIRPlugin",
+    "GMEDPlugin",
     "StellaPlugin",
     "StellaStep",
     "StellaScores",
