@@ -213,7 +213,7 @@ def probe_clip(
 ) -> dict[str, Any]:
     """Probe one clip cheaply: container headers only, plus one frame per stream if ``decode``.
 
-    The audio stream's header goes through
+    With ``require_audio``, the audio stream's header goes through
     :func:`~avalanche_av.benchmarks.io.audio.check_audio_stream` (channel count, layout,
     sample rate), so a clip the audio decoder would refuse is found here already.
 
@@ -247,8 +247,9 @@ def probe_clip(
                 raise ClipDecodeError(p, "no video stream")
             if require_audio and not aus:
                 raise ClipDecodeError(p, "no audio stream")
-            if aus:
+            if aus and require_audio:
                 # Refuses what the audio decoder cannot handle (e.g. > 64 channels) from the header.
+                # (Without require_audio the clip's audio comes from another file.)
                 check_audio_stream(p, aus[0])
             if min_duration > 0 and not math.isnan(rec["duration"]) and rec["duration"] < min_duration:
                 raise ClipDecodeError(p, f"too short: lasts {rec['duration']:.3f} s, need at least {min_duration:.3f} s")
