@@ -3,25 +3,61 @@
 Avalanche's ``EWCPlugin`` penalty is label-free, but its importance estimate hard-codes a
 supervised batch (``model(x)`` then ``criterion(out, y)``). :class:`SSLEWCPlugin` keeps the
 penalty and replaces only the importance estimate: the squared gradients of the model's own
-SSL loss on ``(audio, video)``, averaged over the experience's minibatches.
+SSL loss on ``(audio, video)``, averaged over the experience's minibatches. See
+``docs/baselines_avalanche.md``.
 """
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, Optional
 
-import torch
 from avalanche.training.plugins import EWCPlugin
 from avalanche.training.utils import ParamData, zerolike_params_dict
-from torch.utils.data import DataLoader
 
-from ...models.inputs import prepare_audio, prepare_video
 from ..template import require_av_template
+from .clip_batches import iter_clip_batches
+from .param_data import param_dict_from_state, param_dict_state
 
 __all__ = ["SSLEWCPlugin"]
 
 
 class SSLEWCPlugin(EWCPlugin):
-    """Avalanche's EWC with an SSL-loss Fisher estimate. Arguments as ``EWCPlugin``."""
+    """Avalanche's EWC with an SSL-loss Fisher estimate.
+
+    Adapted part: :meth:`compute_importances` (the diagonal Fisher) back-propagates the model's
+    SSL loss ``ℓ_r + λ·ℓ_c`` on the experience's clips instead of a supervised criterion. The
+    penalty ``ewc_lambda · Σ_k F_k (θ - θ*_k)²`` and both modes are Avalanche's.
+
+    Args:
+        ewc_lambda: weight of the penalty, ``>= 0``. Default 100.0: neither the paper (its Table 5
+            has no EWC row) nor Avalanche gives one. The Fisher here averages squared gradients
+            of the *minibatch-mean* loss, roughly ``1/B`` of the per-sample Fisher, so
+            ``ewc_lambda ≈ B`` makes the penalty a second-order estimate of the old tasks'
+            mean-loss increase; 100 weighs it a few times that at our batch sizes.
+        mode: ``'separate'`` (one penalty per past experience) or ``'online'`` (one running
+            Fisher decayed by ``decay_factor``).
+        decay_factor: in ``[0, 1]``; required with ``mode='online'``, forbidden otherwise.
+        keep_importance_data: keep every experience's Fisher in ``'online'`` mode.
+
+    Raises:
+        ValueError: an option out of range, naming it.
+    """
+
+    def __init__(
+        self,
+        ewc_lambda: float = 100.0,
+        mode: str = "separate",
+        decay_factor: Optional[float] = None,
+        keep_importance_data: bool = False,
+    ):
+        if not ewc_lambda >= 0:
+            raise ValueError(f"SSLEWCPlugin: ewc_lambda must be >= 0, got {ewc_lambda!r}")
+        if mode not in ("separate", "online"):
+            raise ValueError(f"SSLEWCPlugin: mode must be 'separate' or 'online', got {mode!r}")
+        if mode == "online" and (decay_factor is None or not 0.0 <= decay_factor <= 1.0):
+            raise ValueError(f"SSLEWCPlugin: decay_factor must be in [0, 1] with mode='online', got {decay_factor!r}")
+        if mode == "separate" and decay_factor is not None:
+            raise ValueError("SSLEWCPlugin: decay_factor is only used with mode='online'")
+        super().__init__(ewc_lambda, mode=mode, decay_factor=decay_factor, keep_importance_data=keep_importance_data)
 
     def before_training(self, strategy, **kwargs):
         require_av_template(strategy, self)
@@ -32,17 +68,15 @@ class SSLEWCPlugin(EWCPlugin):
     def compute_importances(
         self, model, criterion, optimizer, dataset, device, batch_size, num_workers=0
     ) -> Dict[str, ParamData]:
+        """Diagonal Fisher of the SSL loss: mean over minibatches of squared gradients, per parameter."""
         model.eval()
         importances = zerolike_params_dict(model)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers)
         n_batches = 0
-        for batch in loader:
-            audio = prepare_audio(batch[0].to(device))
-            video = prepare_video(batch[1].to(device))
-            if audio.shape[0] < 2:  # InfoNCE needs a negative
+        for batch in iter_clip_batches(dataset, batch_size, device, num_workers, who=type(self).__name__):
+            if batch["audio"].shape[0] < 2:  # InfoNCE needs a negative
                 continue
             optimizer.zero_grad()
-            model(audio, video).loss.backward()
+            model(batch["audio"], batch["video"]).loss.backward()
             for (name, p), (name2, imp) in zip(model.named_parameters(), importances.items()):
                 assert name == name2
                 if p.grad is not None:
@@ -53,3 +87,19 @@ class SSLEWCPlugin(EWCPlugin):
         optimizer.zero_grad()
         model.train()
         return importances
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """Saved parameters and Fishers per experience, so a resumed run keeps its penalty."""
+        return {
+            "saved_params": {str(t): param_dict_state(d) for t, d in self.saved_params.items()},
+            "importances": {str(t): param_dict_state(d) for t, d in self.importances.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.saved_params.clear()
+        self.importances.clear()
+        for t, d in state["saved_params"].items():
+            self.saved_params[int(t)] = param_dict_from_state(d)
+        for t, d in state["importances"].items():
+            self.importances[int(t)] = param_dict_from_state(d)
