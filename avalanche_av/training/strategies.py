@@ -20,6 +20,9 @@ from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
 from .plugins import DERPlugin, GMEDPlugin, MIRPlugin, OnlineReplayPlugin, StellaPlugin, check_mem_size
 from .plugins import CLSERPlugin, ESMERPlugin, LUMPPlugin
+from .joint import CumulativePlugin, MultitaskPlugin
+from .plugins import (SSLAGEMPlugin, SSLEWCPlugin, SSLFeatureDistillationPlugin, SSLLFLPlugin, SSLLwFPlugin,
+                      SSLMASPlugin, SSLRWalkPlugin, SSLSynapticIntelligencePlugin)
 
 __all__ = [
     "STRATEGIES",
@@ -189,6 +192,26 @@ for _spec_ in (
     StrategySpec("lump", LUMPPlugin, description="LUMP: train on Beta(a, a) mixups of current and memory clips"),
     StrategySpec("esmer", ESMERPlugin,
                  description="ESMER: EMA semantic memory, high-loss samples down-weighted and kept out of memory"),
+    StrategySpec("ewc", SSLEWCPlugin, uses_memory=False,
+                 description="Avalanche's EWC; Fisher from the SSL loss (docs/baselines_avalanche.md)"),
+    StrategySpec("si", SSLSynapticIntelligencePlugin, uses_memory=False,
+                 description="Avalanche's Synaptic Intelligence on the SSL loss's path integral"),
+    StrategySpec("mas", SSLMASPlugin, uses_memory=False,
+                 description="Avalanche's MAS; importance from the norm of the pooled embeddings"),
+    StrategySpec("rwalk", SSLRWalkPlugin, uses_memory=False,
+                 description="Avalanche's RWalk; online Fisher and path score from the SSL loss"),
+    StrategySpec("lwf", SSLLwFPlugin, uses_memory=False,
+                 description="Avalanche's LwF; distils the previous model's pooled embeddings (not logits)"),
+    StrategySpec("lfl", SSLLFLPlugin, uses_memory=False,
+                 description="Avalanche's LFL; Euclidean loss to the previous model's pooled embeddings"),
+    StrategySpec("feature-distillation", SSLFeatureDistillationPlugin, uses_memory=False,
+                 description="Avalanche's feature distillation; cosine to the previous model's pooled embeddings"),
+    StrategySpec("agem", SSLAGEMPlugin,
+                 description="Avalanche's A-GEM; gradient projection against the SSL loss on its per-experience memory"),
+    StrategySpec("cumulative", CumulativePlugin, uses_memory=False,
+                 description="Avalanche's Cumulative: each task trains on the union of all tasks so far"),
+    StrategySpec("multitask", MultitaskPlugin, uses_memory=False,
+                 description="joint training once on the union of all tasks (upper bound; F is 0 by construction)"),
     StrategySpec("er_exp", ReplayPlugin, build=_er_exp,
                  description="Avalanche's own ReplayPlugin + ReservoirSamplingBuffer (per-experience memory)"),
 ):

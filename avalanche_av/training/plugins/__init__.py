@@ -12,6 +12,9 @@ from .stella import StellaPlugin, StellaScores, StellaStep, StellaStepStats
 from .clser import CLSERPlugin
 from .esmer import ESMERPlugin
 from .lump import LUMPPlugin
+from .agem import SSLAGEMPlugin
+from .distillation import SSLFeatureDistillationPlugin, SSLLFLPlugin, SSLLwFPlugin
+from .regularization import SSLMASPlugin, SSLRWalkPlugin, SSLSynapticIntelligencePlugin
 
 __all__ = [
     "OnlineMemoryPlugin",
@@ -29,4 +32,11 @@ __all__ = [
     "CLSERPlugin",
     "LUMPPlugin",
     "ESMERPlugin",
+    "SSLSynapticIntelligencePlugin",
+    "SSLMASPlugin",
+    "SSLRWalkPlugin",
+    "SSLLwFPlugin",
+    "SSLLFLPlugin",
+    "SSLFeatureDistillationPlugin",
+    "SSLAGEMPlugin",
 ]
