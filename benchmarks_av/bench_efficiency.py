@@ -41,14 +41,15 @@ base backbone + Adam state per strategy would not fit a small machine.
 Schedule per attention mode: warm-up rounds (the first mode at least enough to fill the
 memory), ``--count-steps`` counted rounds, ``--phase-steps`` phase-metered rounds and
 ``--steps`` timed rounds. ``--lean MODELS`` (the base config on CPU, where a step takes about
-40 s): warm-up only fills the memory, ``--lean-steps`` timed rounds, and explicit attention is
+40 s): warm-up only fills the memory, at most one phase-metered round, ``--lean-steps`` timed
+rounds, and explicit attention is
 counted **forward-only** (activations are all saved in the forward; a test checks the bytes
 equal a full step's) and neither phase-metered nor timed.
 
 Run from the repository root, e.g.::
 
     OMP_NUM_THREADS=1 python benchmarks_av/bench_efficiency.py --models tiny,base --batch-size 4 \\
-        --steps 15 --warmup 2 --lean base --lean-steps 2 --threads 1 --device cpu \\
+        --steps 15 --phase-steps 5 --warmup 2 --lean base --lean-steps 2 --threads 1 --device cpu \\
         --attention both --out benchmarks_av/results/efficiency_cpu.json
 
 It prints a markdown report and writes the JSON to ``--out`` and the markdown next to it.
@@ -261,7 +262,7 @@ def run_model(
         kernel.fused = mode == "fused"
         forward_only = lean and mode == "explicit"
         n_warm = (fill if lean else max(warmup, fill)) if i == 0 else (0 if lean else warmup)
-        n_phase = phase_steps if mode in timed_modes and not forward_only else 0
+        n_phase = (min(phase_steps, 1) if lean else phase_steps) if mode in timed_modes and not forward_only else 0
         n_timed = (lean_steps if lean else steps) if mode in timed_modes and not forward_only else 0
         records = {}
         schedule = (
@@ -454,7 +455,8 @@ def to_markdown(report: dict, command: str = "") -> str:
     ]
     if s.get("lean"):
         lines += ["", f"Lean schedule for {', '.join('`' + m + '`' for m in s['lean'])}: warm-up only fills the "
-                  f"memory; {s.get('lean_steps', 1)} timed step(s) per strategy (fused); explicit attention is "
+                  f"memory; at most 1 phase-metered and {s.get('lean_steps', 1)} timed step(s) per strategy (fused); "
+                  "explicit attention is "
                   "counted forward-only (activation bytes; forward FLOPs; not timed)."]
     for model_name, block in report["models"].items():
         c, buf = block["config"], block["buffer"]
@@ -554,7 +556,8 @@ def _parse(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per strategy and timed mode")
     ap.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps per strategy and mode")
     ap.add_argument("--count-steps", type=int, default=1, help="steps under the FLOP / saved-tensor meters")
-    ap.add_argument("--phase-steps", type=int, default=1, help="steps under the phase meter (timed mode only)")
+    ap.add_argument("--phase-steps", type=int, default=1,
+                    help="steps under the phase meter per timed mode (at most 1 for --lean models)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--attention", default="both", choices=("fused", "explicit", "both"))
     ap.add_argument("--timed-attention", default=None, choices=("fused", "explicit", "both"),
