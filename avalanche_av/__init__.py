@@ -1,12 +1,9 @@
 """avalanche-av: continual audio-video self-supervised pre-training for Avalanche.
 
 Subpackages mirror Avalanche: :mod:`avalanche_av.benchmarks`, :mod:`avalanche_av.models`,
-:mod:`avalanche_av.training` and :mod:`avalanche_av.evaluation`.
+:mod:`avalanche_av.training` and :mod:`avalanche_av.evaluation`. Importing the package
+changes no global state (warning filters included); only the ``avalanche-av`` command sets
+its own filters, for the duration of the command.
 """
-import warnings as _warnings
-
-# Avalanche imports qpsolvers, which warns at import time when no QP solver is installed.
-# None of our strategies needs one.
-_warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
 __version__ = "0.1.0"

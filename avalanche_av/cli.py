@@ -1,23 +1,24 @@
-"""``avalanche-av`` command line.
+"""``avalanche-av`` command line: argument parsing, printing and exit codes only.
 
 ``avalanche-av run`` is the main job: continual pre-training on a stream (the built-in
 synthetic one by default), evaluated by zero-shot retrieval after each experience, ending with
-a results table. See ``avalanche-av run --help``.
+a results table. ``compare`` runs several strategies over several seeds; ``prepare`` decodes a
+folder of videos into a cache; ``stats`` prints the statistics of a real benchmark. The work
+itself lives in :mod:`avalanche_av.experiment` and the benchmark layer.
+
+Exit codes: 0 success; 2 a user error (bad flag, bad input file, refused resume), printed as
+one line ``avalanche-av: error: ...`` without a traceback; 130 interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import sys
 import warnings
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 __all__ = ["main", "build_parser"]
-
-
-def _silence_third_party() -> None:
-    # Avalanche imports qpsolvers, which warns when no QP solver is installed; only GEM-style
-    # strategies need one, and none of ours do.
-    warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,16 +36,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default %(default)s)")
     _add_common(r, d)
     _add_common(c, d, out_default="av_runs/compare")
-    from .benchmarks.real.cli import add_prepare_parser, add_stats_parser
-
-    add_prepare_parser(sub)
-    add_stats_parser(sub)
+    _add_prepare_parser(sub)
+    _add_stats_parser(sub)
     return p
 
 
-def _add_common(r: argparse.ArgumentParser, d, out_default: Optional[str] = None) -> None:
+def _add_common(r: argparse.ArgumentParser, d: Any, out_default: Optional[str] = None) -> None:
+    from .experiment import BENCHMARKS, SAFE_TO_CHANGE_ON_RESUME
+
     r.add_argument("--model", default=d.model, help="model preset (tiny, base, cav_mae_base); default %(default)s")
-    r.add_argument("--benchmark", default=d.benchmark, help="stream; default %(default)s")
+    r.add_argument("--benchmark", default=d.benchmark, help=f"stream, one of {', '.join(BENCHMARKS)}; "
+                                                            "default %(default)s")
     r.add_argument("--data-root", default=None, help="dataset root for real benchmarks")
     r.add_argument("--seed", type=int, default=d.seed)
     r.add_argument("--epochs", type=int, default=d.epochs, help="epochs per experience (default %(default)s)")
@@ -60,7 +62,9 @@ def _add_common(r: argparse.ArgumentParser, d, out_default: Optional[str] = None
     r.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "fp16", "off"])
     r.add_argument("--num-workers", type=int, default=d.num_workers)
     r.add_argument("--out", dest="out_dir", default=out_default or d.out_dir, help="output folder (default %(default)s)")
-    r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt if present")
+    r.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt if present; refused when a setting that changes the "
+                        f"experiment differs (only {', '.join(SAFE_TO_CHANGE_ON_RESUME)} may change)")
     r.add_argument("--tensorboard", action="store_true", help="also log to OUT/tb")
     r.add_argument("--no-csv", dest="csv_log", action="store_false", help="no CSV logs")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
@@ -71,13 +75,13 @@ def _add_common(r: argparse.ArgumentParser, d, out_default: Optional[str] = None
 
 
 def _parse_options(items: Sequence[str]) -> dict:
-    import ast
-
     out = {}
     for item in items:
         if "=" not in item:
             raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
+        if not k.strip():
+            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
         try:
             out[k.strip()] = ast.literal_eval(v)
         except (ValueError, SyntaxError):
@@ -86,19 +90,16 @@ def _parse_options(items: Sequence[str]) -> dict:
 
 
 def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
+    """The run config of ``run`` / ``compare``, fully validated: strategy names and options,
+    sizes, model, device, output folder. Nothing has been built when this raises."""
     from .experiment import RunConfig
-    from .training import list_strategies
 
-    for s in strategies:
-        if s not in list_strategies():
-            raise ValueError(f"unknown strategy {s!r}; allowed: {list_strategies()}")
-    for name in ("epochs", "batch_size", "eval_batch_size", "n_tasks", "classes_per_task", "train_clips_per_class"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     skip = ("command", "list_strategies", "option", "strategies", "seeds")
     fields = {k: v for k, v in vars(args).items() if k not in skip}
     fields.setdefault("strategy", strategies[0])
-    return RunConfig(**fields, strategy_options=_parse_options(args.option))
+    cfg = RunConfig(**fields, strategy_options=_parse_options(args.option))
+    cfg.validate(list(strategies))
+    return cfg
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
@@ -137,13 +138,133 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print()
         print(f"== Results: {cfg.strategy} on {cfg.benchmark} ({cfg.model}), final model ==")
         print(summary["table"].to_string(index=False, na_rep="-"))
+    data = summary["data"]
+    if data["missing"] or data["bad_total"] or data["duplicated"] or data["leaked_dropped"] or data["skipped_steps"]:
+        print(f"\nData: missing {data['missing']}, bad {data['bad_total']} {data['bad'] or ''}, replaced "
+              f"{data['replaced']}, duplicated {data['duplicated']}, leaked and dropped {data['leaked_dropped']}; "
+              f"skipped steps {data['skipped_steps']} (results.json 'data')")
     print(f"\nWrote {cfg.out_dir}/results.json, results.csv, accuracy_matrix_a2v.png, accuracy_matrix_v2a.png")
     print(f"Total time {summary['wall_seconds']:.0f} s")
     return 0
 
 
+# --------------------------------------------------------------------------- prepare
+def _add_prepare_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    from .benchmarks.prepare import PrepareConfig
+
+    d = PrepareConfig()
+    p = sub.add_parser(
+        "prepare", help="decode a folder of raw videos into a cache of frames + 16 kHz audio (resumable)",
+        description="Decode every video under SRC into OUT: frames at a fixed fps (resized), 16 kHz mono audio "
+                    "(wav/flac, or the raw fbank), a manifest.json and a bad-clip report (prepare_report.csv). "
+                    "Clips finished by an earlier run are skipped.",
+    )
+    p.add_argument("src", help="folder of raw videos (searched recursively)")
+    p.add_argument("out", help="cache folder, e.g. DATA_ROOT/prepared (found there automatically by the benchmarks)")
+    p.add_argument("--fps", type=float, default=d.fps, help="frames kept per second (default %(default)s)")
+    p.add_argument("--image-size", type=int, default=d.image_size, help="shorter side after resizing (default %(default)s)")
+    p.add_argument("--square", action="store_true", help="resize to IMAGE_SIZE x IMAGE_SIZE instead")
+    p.add_argument("--max-frames", type=int, default=d.max_frames, help="most frames per clip (default %(default)s)")
+    p.add_argument("--audio", choices=["wav", "flac", "fbank"], default=d.audio, help="audio cache format")
+    p.add_argument("--num-mel-bins", type=int, default=d.num_mel_bins, help="mel bins with --audio fbank")
+    p.add_argument("--min-duration", type=float, default=d.min_duration, help="shorter clips are bad (seconds)")
+    p.add_argument("--allow-no-audio", action="store_true",
+                   help="keep clips without an audio stream (frames only; their manifest wav is empty)")
+    p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality)
+    p.add_argument("--num-workers", type=int, default=4, help="worker processes (0: none; default %(default)s)")
+    p.add_argument("--only", default=None, metavar="FILE", help="text file of clip stems to prepare (one per line)")
+    p.add_argument("--retry-bad", action="store_true", help="decode again the clips an earlier run found bad")
+    p.add_argument("--clip-timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="a worker decoding one clip longer than this is killed, the clip reported as 'timeout' "
+                        "(default %(default)s; see docs/reliability.md)")
+    p.add_argument("--overwrite", action="store_true", help="accept a cache made with other settings (redo it)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from .benchmarks.prepare import PrepareConfig, prepare
+    from .experiment import check_output_dir
+
+    check_output_dir(args.out, "prepare OUT")
+    cfg = PrepareConfig(fps=args.fps, image_size=args.image_size, square=args.square, max_frames=args.max_frames,
+                        audio=args.audio, num_mel_bins=args.num_mel_bins, min_duration=args.min_duration,
+                        require_audio=not args.allow_no_audio, jpeg_quality=args.jpeg_quality)
+    only = None
+    if args.only is not None:
+        only = [s.strip() for s in Path(args.only).read_text().splitlines() if s.strip()]
+    res = prepare(args.src, args.out, cfg, num_workers=args.num_workers, progress=args.progress,
+                  retry_bad=args.retry_bad, overwrite=args.overwrite, only=only, clip_timeout=args.clip_timeout)
+    print(res.summary())
+    return 0
+
+
+# --------------------------------------------------------------------------- stats
+def _add_stats_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    from .benchmarks.real import REAL_BENCHMARKS
+
+    p = sub.add_parser("stats", help="per-task and per-class statistics of Continual-VS / Continual-AS on local data")
+    p.add_argument("--benchmark", required=True, choices=list(REAL_BENCHMARKS))
+    p.add_argument("--data-root", required=True, help="dataset root (see docs/datasets.md)")
+    p.add_argument("--n-tasks", type=int, default=None, help="only the first N tasks")
+    p.add_argument("--classes-per-task", type=int, default=None, help="override the definition's class count")
+    p.add_argument("--max-train-clips-per-class", type=int, default=None, help="override the training cap")
+    p.add_argument("--retrieval-clips-per-class", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scan", action="store_true", help="probe the chosen clips' headers to find bad files")
+    p.add_argument("--min-duration", type=float, default=1.0)
+    p.add_argument("--no-per-class", dest="per_class", action="store_false", help="only the per-task table")
+    p.add_argument("--csv-dir", default=None, help="also write task_stats.csv, class_stats.csv, bad_clips.csv here")
+    return p
+
+
+def _cmd_stats(args: argparse.Namespace) -> int:
+    """Builds the benchmark (no decoding) and prints its tables, data report and warnings."""
+    from .benchmarks.real import format_stats, real_benchmark
+    from .experiment import check_output_dir
+
+    if args.csv_dir:
+        check_output_dir(args.csv_dir, "--csv-dir")
+    kw: dict[str, Any] = dict(retrieval_clips_per_class=args.retrieval_clips_per_class, seed=args.seed,
+                              scan=args.scan, min_duration=args.min_duration)
+    if args.n_tasks is not None:
+        kw["n_tasks"] = args.n_tasks
+    if args.classes_per_task is not None:
+        kw["classes_per_task"] = args.classes_per_task
+    if args.max_train_clips_per_class is not None:
+        kw["max_train_clips_per_class"] = args.max_train_clips_per_class
+    with warnings.catch_warnings(record=True) as caught:
+        # Printed after the tables, once each, instead of interleaved with them.
+        warnings.simplefilter("always", RuntimeWarning)
+        bm = real_benchmark(args.benchmark, args.data_root, **kw)
+    print(format_stats(bm, per_class=args.per_class))
+    if len(bm.bad_clips):
+        print(f"\nbad clips ({len(bm.bad_clips)}):")
+        print(bm.bad_clips[["video_id", "reason"]].to_string(index=False))
+    notes = list(dict.fromkeys(str(w.message) for w in caught))
+    if notes:
+        print("\nwarnings:")
+        for n in notes:
+            print(f"  {n}")
+    if args.csv_dir:
+        out = Path(args.csv_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        bm.task_table.to_csv(out / "task_stats.csv", index=False)
+        bm.class_table.to_csv(out / "class_stats.csv", index=False)
+        bm.bad_clips.to_csv(out / "bad_clips.csv", index=False)
+        print(f"\nwrote {out}/task_stats.csv, class_stats.csv, bad_clips.csv")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+def _error_line(exc: BaseException) -> str:
+    # One line whatever the message: multi-line messages are joined.
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text or type(exc).__name__
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    _silence_third_party()
+    """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     # Progress and metric lines should reach a log file as they happen, not in 8 KB blocks.
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):
@@ -151,24 +272,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 stream.reconfigure(line_buffering=True)
             except (ValueError, OSError):  # pragma: no cover - e.g. a detached stream
                 pass
-    args = build_parser().parse_args(argv)
-    try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "compare":
-            return _cmd_compare(args)
-        if args.command == "prepare":
-            from .benchmarks.real.cli import run_prepare
-
-            return run_prepare(args)
-        if args.command == "stats":
-            from .benchmarks.real.cli import run_stats
-
-            return run_stats(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"avalanche-av: error: {exc}", file=sys.stderr)
-        return 2
-    return 1
+    commands = {"run": _cmd_run, "compare": _cmd_compare, "prepare": _cmd_prepare, "stats": _cmd_stats}
+    # Warning filters are ours to set only for the duration of our own command: importing the
+    # package never touches the caller's filters.
+    with warnings.catch_warnings():
+        # Avalanche imports qpsolvers, which warns when no QP solver is installed; only
+        # GEM-style strategies need one, and none of ours do.
+        warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+        args = build_parser().parse_args(argv)
+        try:
+            return commands[args.command](args)
+        except (ValueError, OSError) as exc:  # user errors: bad input, files, refused resume
+            print(f"avalanche-av: error: {_error_line(exc)}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("avalanche-av: interrupted; `run --resume` continues from the last checkpoint", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,17 +4,23 @@
 and the strategy, trains experience by experience, evaluates the whole test stream after each
 one, checkpoints after each one (so ``resume=True`` continues where a run stopped), and writes:
 
-* ``results.json``: the run config, per-task R@k in both directions, A, F (textbook) and
-  F_paper, the accuracy matrices and the modality gap;
+* ``results.json``: the run config, the task names, the data report (missing, bad, replaced,
+  duplicated, leaked clips and skipped steps), per-task R@k in both directions, A, F
+  (textbook) and F_paper, the accuracy matrices and the modality gap, and the timings;
 * ``results.csv``: the final per-task table;
-* ``accuracy_matrix.png``: heatmaps of R@5 after each experience, one per direction;
-* ``checkpoint.pt``: the latest run state (loads with ``weights_only=True``).
+* ``accuracy_matrix_{a2v,v2a}.png``: heatmaps of R@5 after each experience;
+* ``csv_logs/``: Avalanche's CSV logs (continued, not truncated, by a resumed run);
+* ``checkpoint.pt``: the latest run state and the run config (loads with ``weights_only=True``).
+
+A resumed run refuses a checkpoint made with settings that change the experiment: see
+:data:`SAFE_TO_CHANGE_ON_RESUME` and ``docs/reliability.md``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 import warnings
@@ -25,8 +31,34 @@ from typing import Any, Optional
 import numpy as np
 import pandas as pd
 import torch
+from avalanche.logging import CSVLogger
 
-__all__ = ["RunConfig", "run_experiment", "results_table", "build_benchmark", "compare_strategies"]
+from .benchmarks import AVBenchmark, DataReport
+from .benchmarks.real import REAL_BENCHMARKS
+
+__all__ = [
+    "RunConfig",
+    "SAFE_TO_CHANGE_ON_RESUME",
+    "BENCHMARKS",
+    "run_experiment",
+    "results_table",
+    "build_benchmark",
+    "compare_strategies",
+    "check_device",
+    "check_resume_config",
+    "ResumableCSVLogger",
+]
+
+#: ``--benchmark`` values.
+BENCHMARKS = ("synthetic", *REAL_BENCHMARKS)
+
+#: Settings that ``--resume`` lets differ from the checkpoint's: where and how fast the run
+#: goes and what it prints, never what it computes. Everything else is refused.
+SAFE_TO_CHANGE_ON_RESUME = (
+    "device", "num_workers", "progress", "out_dir", "resume", "eval_batch_size", "csv_log", "tensorboard",
+)
+
+_AMP_CHOICES = ("auto", "bf16", "fp16", "off", None)
 
 
 @dataclass
@@ -59,9 +91,122 @@ class RunConfig:
     strategy_options: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["ks"] = list(self.ks)
-        return d
+        """The config as JSON values (tuples become lists), as stored in results and checkpoints."""
+        return json.loads(json.dumps(dataclasses.asdict(self), default=_json_default))
+
+    def validate(self, strategies: Optional[list[str]] = None) -> None:
+        """Check every setting before any data is built; ``ValueError`` names the flag.
+
+        Args:
+            strategies: the strategies the options must suit (default: ``[self.strategy]``;
+                ``compare`` passes its whole list).
+        """
+        from .models import get_config  # noqa: PLC0415
+
+        for name in ("epochs", "batch_size", "eval_batch_size", "n_tasks", "classes_per_task",
+                     "train_clips_per_class", "eval_clips_per_class"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {v!r}")
+        if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise ValueError(f"--num-workers must be >= 0, got {self.num_workers!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
+        if self.amp not in _AMP_CHOICES:
+            raise ValueError(f"--amp must be one of {list(_AMP_CHOICES[:-1])}, got {self.amp!r}")
+        if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.ks):
+            raise ValueError(f"ks must be positive integers, got {self.ks!r}")
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {self.benchmark!r}; allowed: {list(BENCHMARKS)}")
+        if self.benchmark != "synthetic" and not self.data_root:
+            raise ValueError(f"--benchmark {self.benchmark} needs --data-root PATH (the local dataset copy)")
+        get_config(self.model)  # ValueError naming the valid presets
+        check_device(self.device)
+        check_output_dir(self.out_dir, "--out")
+        for s in strategies or [self.strategy]:
+            _check_strategy(s, self)
+
+
+def _check_strategy(name: str, cfg: RunConfig) -> None:
+    """Option names and types, then a trial construction of the plugins (value ranges, memory
+    size), so that a bad option fails before the benchmark is built. Side-effect free."""
+    from .training import make_plugins, validate_strategy_options  # noqa: PLC0415
+    from .training.checkpoint import get_rng_state, set_rng_state  # noqa: PLC0415
+
+    validate_strategy_options(name, dict(cfg.strategy_options))
+    rng = get_rng_state()  # a plugin's constructor may draw from the global RNGs
+    try:
+        make_plugins(name, mem_size=cfg.mem_size, batch_size=cfg.batch_size, **cfg.strategy_options)
+    except TypeError as exc:  # a value the constructor cannot take
+        raise ValueError(f"strategy {name!r}: {exc}") from exc
+    finally:
+        set_rng_state(rng)
+
+
+def check_device(device: Optional[str]) -> None:
+    """``ValueError`` unless ``device`` is ``None``, ``cpu``, or an available ``cuda[:N]`` / ``mps``."""
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device {device!r} is not a device torch knows; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cpu":
+        return
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA GPU is available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here "
+                             f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+        return
+    if dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"--device {device}: MPS is not available on this machine; use --device cpu")
+        return
+    raise ValueError(f"--device {device!r}: device type {dev.type!r} is not supported; use cpu, cuda, cuda:N or mps")
+
+
+def check_output_dir(path: "str | os.PathLike[str]", flag: str) -> None:
+    """``ValueError`` when ``path`` (or a folder above it) exists and is not a folder."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{flag} {p} is an existing file, not a folder; choose a folder")
+    for parent in p.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ValueError(f"{flag} {p}: {parent} is a file, so the folder cannot be created")
+            break
+
+
+def check_resume_config(saved: Optional[dict], cfg: RunConfig, where: "str | os.PathLike[str]") -> None:
+    """Refuse to resume from a checkpoint whose run config differs in a setting that matters.
+
+    Args:
+        saved: the run config stored in the checkpoint (``None`` for a checkpoint without one).
+        cfg: the config of the run that wants to resume.
+        where: the checkpoint path, for the message.
+
+    Raises:
+        ValueError: one line listing every differing setting as ``name: saved → given``
+            (settings in :data:`SAFE_TO_CHANGE_ON_RESUME` may differ).
+    """
+    if not isinstance(saved, dict):
+        raise ValueError(f"--resume: {where} does not record the settings it was made with (an older version "
+                         f"wrote it), so it cannot be checked; start a fresh run in a new --out folder")
+    given = cfg.to_json()
+    absent = "<not set>"
+    diffs = [
+        f"{k}: {saved.get(k, absent)!r} → {given.get(k, absent)!r}"
+        for k in sorted(set(saved) | set(given))
+        if k not in SAFE_TO_CHANGE_ON_RESUME and saved.get(k, absent) != given.get(k, absent)
+    ]
+    if diffs:
+        raise ValueError(
+            f"--resume: {where} was made with other settings ({'; '.join(diffs)}); rerun with the saved "
+            f"settings or choose a new --out folder (settings that may change on resume: "
+            f"{', '.join(SAFE_TO_CHANGE_ON_RESUME)})"
+        )
 
 
 def _seed_everything(seed: int) -> None:
@@ -70,10 +215,19 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_benchmark(cfg: RunConfig):
-    """The benchmark named by ``cfg.benchmark`` (``'synthetic'`` for now)."""
+def build_benchmark(cfg: RunConfig) -> AVBenchmark:
+    """The benchmark named by ``cfg.benchmark``, with samples shaped for ``cfg.model``.
+
+    ``synthetic`` is :func:`~avalanche_av.benchmarks.sounding_objects` with the run's sizes.
+    The real benchmarks decode clips to the model preset's shapes (``n_frames``,
+    ``image_size``, ``audio_length``, ``num_mel_bins``). For them the size flags shared with
+    the synthetic stream (``n_tasks``, ``classes_per_task``, ``train_clips_per_class``,
+    ``eval_clips_per_class``) override the task definition only when they differ from their
+    ``RunConfig`` defaults; otherwise the paper's values apply (Continual-VS: 8 tasks, 20
+    classes, 400 training and 5 retrieval clips per class).
+    """
     if cfg.benchmark == "synthetic":
-        from .benchmarks import sounding_objects
+        from .benchmarks import sounding_objects  # noqa: PLC0415
 
         return sounding_objects(
             seed=cfg.seed,
@@ -82,56 +236,127 @@ def build_benchmark(cfg: RunConfig):
             train_clips_per_class=cfg.train_clips_per_class,
             eval_clips_per_class=cfg.eval_clips_per_class,
         )
-    if cfg.benchmark.startswith("continual-"):
-        from .benchmarks.real.cli import benchmark_from_run_config
+    if cfg.benchmark.startswith("continual-"):  # real_benchmark names the valid ones if unknown
+        from .benchmarks.real import real_benchmark  # noqa: PLC0415
+        from .models import get_config  # noqa: PLC0415
 
-        return benchmark_from_run_config(cfg)
-    allowed = ["synthetic", "continual-vs", "continual-vs-shuffled", "continual-as", "continual-as-shuffled"]
-    raise ValueError(f"unknown benchmark {cfg.benchmark!r}; allowed: {allowed}")
+        mc = get_config(cfg.model)
+        d = RunConfig()
+        kw: dict[str, Any] = {}
+        if cfg.n_tasks != d.n_tasks:
+            kw["n_tasks"] = cfg.n_tasks
+        if cfg.classes_per_task != d.classes_per_task:
+            kw["classes_per_task"] = cfg.classes_per_task
+        if cfg.train_clips_per_class != d.train_clips_per_class:
+            kw["max_train_clips_per_class"] = cfg.train_clips_per_class
+        if cfg.eval_clips_per_class != d.eval_clips_per_class:
+            kw["retrieval_clips_per_class"] = cfg.eval_clips_per_class
+        return real_benchmark(cfg.benchmark, cfg.data_root, seed=cfg.seed, n_frames=mc.n_frames,
+                              image_size=mc.image_size, target_length=mc.audio_length,
+                              num_mel_bins=mc.num_mel_bins, **kw)
+    raise ValueError(f"unknown benchmark {cfg.benchmark!r}; allowed: {list(BENCHMARKS)}")
 
 
-def _model_for(cfg: RunConfig, bench) -> torch.nn.Module:
-    from .models import create_model, get_config
+def _model_for(cfg: RunConfig, bench: AVBenchmark) -> torch.nn.Module:
+    from .models import create_model, get_config  # noqa: PLC0415
 
     base = get_config(cfg.model)
     bc = bench.config
     overrides = {}
     for mfield, bfield in (("audio_length", "target_length"), ("num_mel_bins", "num_mel_bins"),
                            ("n_frames", "n_frames"), ("image_size", "image_size")):
-        bval = getattr(bc, bfield, None)
-        if bval is not None and getattr(base, mfield) != bval:
+        bval = getattr(bc, bfield)
+        if getattr(base, mfield) != bval:
             overrides[mfield] = bval
     if overrides:
         warnings.warn(f"model preset {cfg.model!r} adapted to the benchmark's input shapes: {overrides}")
     return create_model(cfg.model, **overrides)
 
 
-def _loggers(cfg: RunConfig, out: Path) -> list:
-    from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger
+class ResumableCSVLogger(CSVLogger):
+    """Avalanche's :class:`~avalanche.logging.CSVLogger`, able to continue its files.
+
+    Avalanche's logger opens ``training_results.csv`` and ``eval_results.csv`` with mode
+    ``"w"``, so a resumed run would erase the rows of the experiences trained before the
+    interruption. Given ``resume_sizes`` (the files' byte sizes recorded with the checkpoint),
+    this logger instead cuts each file back to that size, which drops the rows of an
+    experience that was interrupted and will be trained again, and appends after it.
+
+    Args:
+        log_folder: where the two files live.
+        resume_sizes: ``{file name: size in bytes}`` from :meth:`file_sizes` at checkpoint
+            time; ``None`` starts fresh files (Avalanche's behaviour).
+    """
+
+    FILES = ("training_results.csv", "eval_results.csv")
+
+    def __init__(self, log_folder: "str | os.PathLike[str]", resume_sizes: Optional[dict[str, int]] = None) -> None:
+        folder = Path(log_folder)
+        paths = [folder / f for f in self.FILES]
+        if resume_sizes is None or not all(p.is_file() for p in paths):
+            super().__init__(log_folder=str(folder))
+            return
+        # CSVLogger.__init__ would truncate the files: set up its state here instead.
+        super(CSVLogger, self).__init__()
+        self.log_folder = str(folder)
+        for p in paths:
+            size = int(resume_sizes.get(p.name, p.stat().st_size))
+            if size < p.stat().st_size:
+                os.truncate(p, size)
+        self.training_file = open(paths[0], "a")
+        self.eval_file = open(paths[1], "a")
+        self.training_exp_id = None
+        self.in_train_phase = None
+        self.val_acc, self.val_loss = 0, 0
+
+    def file_sizes(self) -> dict[str, int]:
+        """The current byte size of each log file (rows are flushed as they are written)."""
+        self.training_file.flush()
+        self.eval_file.flush()
+        return {f: (Path(self.log_folder) / f).stat().st_size for f in self.FILES}
+
+
+def _loggers(cfg: RunConfig, out: Path, csv_sizes: Optional[dict[str, int]]) -> list:
+    from avalanche.logging import InteractiveLogger, TensorboardLogger  # noqa: PLC0415
 
     loggers: list = [InteractiveLogger()] if cfg.progress else []
     if cfg.csv_log:
-        loggers.append(CSVLogger(log_folder=str(out / "csv_logs")))
+        loggers.append(ResumableCSVLogger(out / "csv_logs", resume_sizes=csv_sizes))
     if cfg.tensorboard:
         loggers.append(TensorboardLogger(tb_log_dir=str(out / "tb")))
     return loggers
 
 
 def run_experiment(cfg: RunConfig) -> dict:
-    """Run continual pre-training + retrieval evaluation; returns the ``results.json`` content."""
-    from .evaluation import av_evaluator, get_retrieval_metrics
-    from .evaluation.plots import save_accuracy_matrix_png
-    from .training import AVPretraining, default_optimizer, make_plugins
-    from .training.checkpoint import load_checkpoint, save_checkpoint
+    """Run continual pre-training + retrieval evaluation; returns the ``results.json`` content.
 
+    Raises:
+        ValueError: a bad setting (before any data is built), or ``cfg.resume`` with a
+            checkpoint made with settings outside :data:`SAFE_TO_CHANGE_ON_RESUME`.
+    """
+    from .evaluation import av_evaluator, get_retrieval_metrics  # noqa: PLC0415
+    from .evaluation.plots import save_accuracy_matrix_png  # noqa: PLC0415
+    from .training import AVPretraining, default_optimizer, make_plugins  # noqa: PLC0415
+    from .training.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint  # noqa: PLC0415
+
+    cfg.validate()
     out = Path(cfg.out_dir)
+    ckpt = out / "checkpoint.pt"
+    saved = None
+    if cfg.resume and ckpt.exists():
+        saved = read_checkpoint(ckpt)
+        stored = saved["extra"].get("run_config")
+        check_resume_config(json.loads(stored) if isinstance(stored, str) else None, cfg, ckpt)
+    extra_in: dict = saved["extra"] if saved is not None else {}
     out.mkdir(parents=True, exist_ok=True)
     _seed_everything(cfg.seed)
     t0 = time.time()
     bench = build_benchmark(cfg)
     model = _model_for(cfg, bench)
     plugins = make_plugins(cfg.strategy, mem_size=cfg.mem_size, batch_size=cfg.batch_size, **cfg.strategy_options)
-    evaluator = av_evaluator(loggers=_loggers(cfg, out), ks=cfg.ks, n_tasks=len(bench.train_stream))
+    loggers = _loggers(cfg, out, extra_in.get("csv_sizes") if saved is not None else None)
+    csv_logger = next((lg for lg in loggers if isinstance(lg, ResumableCSVLogger)), None)
+    evaluator = av_evaluator(loggers=loggers, ks=cfg.ks, n_tasks=bench.n_tasks)
     strategy = AVPretraining(
         model=model,
         optimizer=default_optimizer(model, lr=cfg.lr),
@@ -144,16 +369,25 @@ def run_experiment(cfg: RunConfig) -> dict:
         amp=cfg.amp,
     )
     retrieval = get_retrieval_metrics(evaluator)
-    ckpt = out / "checkpoint.pt"
     done = 0
-    if cfg.resume and ckpt.exists():
-        extra = load_checkpoint(ckpt, strategy)
+    train_times: list[float] = []
+    # Load-time decode failures of earlier processes (a resumed run continues their count).
+    earlier_load = DataReport()
+    if saved is not None:
+        extra = load_checkpoint(ckpt, strategy, state=saved)
         done = int(extra.get("completed_experiences", 0))
         if "retrieval_state" in extra:
             retrieval.load_state_dict(extra["retrieval_state"])
+        train_times = [float(x) for x in extra.get("train_seconds", [])]
+        earlier_load = DataReport.from_dict(json.loads(extra.get("load_time_report", "{}")))
         print(f"[avalanche-av] resumed from {ckpt}: {done} experience(s) already trained")
 
-    train_times = []
+    def load_report() -> DataReport:
+        rep = earlier_load.merged(bench.load_time_report())
+        # Worker processes keep their own decode counters; say so instead of reporting zeros.
+        rep.load_time_counted = rep.load_time_counted and not (cfg.num_workers > 0 and bench.decoders)
+        return rep
+
     for t, exp in enumerate(bench.train_stream):
         if t < done:
             continue
@@ -164,16 +398,27 @@ def run_experiment(cfg: RunConfig) -> dict:
         save_checkpoint(
             ckpt,
             strategy,
-            extra={"completed_experiences": t + 1, "retrieval_state": retrieval.state_dict()},
+            extra={
+                "completed_experiences": t + 1,
+                "retrieval_state": retrieval.state_dict(),
+                # JSON text: any config value survives, and loading stays weights_only-safe.
+                "run_config": json.dumps(cfg.to_json()),
+                "train_seconds": list(train_times),
+                "load_time_report": json.dumps(load_report().to_dict()),
+                "csv_sizes": csv_logger.file_sizes() if csv_logger is not None else None,
+            },
         )
 
+    data = bench.data_report.merged(load_report()).to_dict()
+    data["skipped_steps"] = int(strategy.skipped_steps)
     results = retrieval.to_dict()
     summary = {
         "config": cfg.to_json(),
-        "task_names": list(getattr(bench, "task_names", [])),
+        "task_names": list(bench.task_names),
+        "data": data,
         "wall_seconds": time.time() - t0,
         "train_seconds_per_experience": train_times,
-        "skipped_steps": strategy.skipped_steps,
+        "resumed_after_experiences": done,
         "retrieval": results,
     }
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=_json_default))
@@ -189,6 +434,9 @@ def run_experiment(cfg: RunConfig) -> dict:
             task_names=[f"T{i}" for i in range(n)],
             title=f"R@{k_plot} {d} after each experience ({cfg.strategy})",
         )
+    if csv_logger is not None:
+        csv_logger.training_file.close()
+        csv_logger.eval_file.close()
     summary["table"] = table
     return summary
 

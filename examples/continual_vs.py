@@ -78,6 +78,8 @@ def main() -> None:
     print("R@5 audio->video after each task (rows) on each task (columns):")
     print(rm.matrix(direction="a2v", k=5))
     print(f"A = {rm.summary_metric('A', 'a2v', 5):.3f}  F = {rm.summary_metric('F', 'a2v', 5):.3f}")
+    # Clips left out or replaced, before training (missing files, the scan) and while decoding.
+    print("data:", bench.data_report.merged(bench.load_time_report()).summary())
 
 
 if __name__ == "__main__":

@@ -404,6 +404,8 @@ def test_disk_round_trip(tmp_path):
     root = tmp_path / "so"
     bm = sounding_objects(root=root, **DISK)
     mem = generate_sounding_objects(**DISK)
+    # The mp4 decoders (one training and one retrieval set per task) feed the load-time report.
+    assert bm.root == root and len(bm.decoders) == 2 and bm.load_time_report() == type(bm.data_report)()
     with open(bm.manifest_path, encoding="utf-8") as fh:
         entries = json.load(fh)["data"]
     assert len(entries) == 6

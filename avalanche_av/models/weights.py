@@ -40,6 +40,7 @@ full :class:`LoadReport` (by key).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import OrderedDict
@@ -263,8 +264,11 @@ def cav_mae_state_dict_shapes(config: AVMAEConfig, prefix: str = "module.",
 
 
 def _model_shapes(config: AVMAEConfig) -> "OrderedDict[str, tuple[int, ...]]":
+    # Built on the meta device (no memory). The per-frame positional table goes through numpy,
+    # which meta tensors cannot; it is a non-persistent buffer, absent from the state dict,
+    # so switching it off changes no key or shape.
     with torch.device("meta"):
-        m = AVMAE(config)
+        m = AVMAE(dataclasses.replace(config, frame_pos_embed=False))
     return OrderedDict((k, tuple(v.shape)) for k, v in m.state_dict().items())
 
 

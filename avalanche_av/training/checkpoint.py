@@ -17,7 +17,9 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
-__all__ = ["save_checkpoint", "load_checkpoint", "get_rng_state", "set_rng_state", "plugin_key"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "get_rng_state", "set_rng_state", "plugin_key"]
+
+_FORMAT = "avalanche-av-checkpoint/1"
 
 _CLOCK_FIELDS = (
     "train_iterations",
@@ -77,7 +79,7 @@ def save_checkpoint(path: Union[str, Path], strategy, extra: Optional[dict] = No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
-        "format": "avalanche-av-checkpoint/1",
+        "format": _FORMAT,
         "model": strategy.model.state_dict(),
         "optimizer": strategy.optimizer.state_dict(),
         "scaler": strategy.scaler.state_dict() if getattr(strategy, "scaler", None) is not None else None,
@@ -93,13 +95,16 @@ def save_checkpoint(path: Union[str, Path], strategy, extra: Optional[dict] = No
     return path
 
 
-def load_checkpoint(path: Union[str, Path], strategy, restore_rng: bool = True) -> dict:
-    """Restore a state saved by :func:`save_checkpoint` into ``strategy``; returns ``extra``.
+def read_checkpoint(path: Union[str, Path]) -> dict:
+    """Load a checkpoint file without applying it: the saved state, ``extra`` included.
+
+    Use it to inspect ``extra`` (e.g. the run config) before building anything, then pass the
+    result to :func:`load_checkpoint` as ``state`` so that the file is read once.
 
     Raises:
         FileNotFoundError: no file at ``path``.
-        ValueError: the file is not an avalanche-av checkpoint, or a stateful plugin of the
-            strategy has no saved state (the plugin lists differ).
+        ValueError: the file does not load with ``weights_only=True`` or is not an
+            avalanche-av run checkpoint.
     """
     path = Path(path)
     if not path.is_file():
@@ -107,15 +112,51 @@ def load_checkpoint(path: Union[str, Path], strategy, restore_rng: bool = True) 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file or pickled objects
-        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != "avalanche-av-checkpoint/1":
+        raise ValueError(f"checkpoint {path} could not be loaded with weights_only=True: {_one_line(exc)}") from exc
+    if not isinstance(state, dict) or state.get("format") != _FORMAT:
         raise ValueError(f"{path} is not an avalanche-av run checkpoint")
-    strategy.model.load_state_dict(state["model"])
+    return state
+
+
+def _one_line(exc: BaseException, limit: int = 400) -> str:
+    """An exception's message on one line (torch's state-dict errors span many), shortened."""
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def load_checkpoint(path: Union[str, Path], strategy, restore_rng: bool = True, *,
+                    state: Optional[dict] = None) -> dict:
+    """Restore a state saved by :func:`save_checkpoint` into ``strategy``; returns ``extra``.
+
+    Args:
+        path: the checkpoint file (named in errors; read unless ``state`` is given).
+        strategy: the strategy to restore, built like the one that saved the file.
+        restore_rng: also restore the global RNG states.
+        state: the file's content from :func:`read_checkpoint`, to avoid reading it twice.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is not an avalanche-av checkpoint, or it does not fit
+            ``strategy``: model weights of other names or shapes (another preset), an
+            optimizer of another layout, or a plugin whose saved state is missing or of
+            another kind (another method or method option).
+    """
+    path = Path(path)
+    if state is None:
+        state = read_checkpoint(path)
+    try:
+        strategy.model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint {path} does not fit the model (another preset or input shape?): "
+                         f"{_one_line(exc)}") from exc
     for plugin in strategy.plugins:
         # plugins owning parameters (STELLA's AVM) register their optimizer group first
         if callable(getattr(plugin, "prepare_for_load", None)):
             plugin.prepare_for_load(strategy)
-    strategy.optimizer.load_state_dict(state["optimizer"])
+    try:
+        strategy.optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, RuntimeError, KeyError) as exc:
+        raise ValueError(f"checkpoint {path}: the optimizer state does not fit this strategy: {_one_line(exc)}") from exc
     # Tell Avalanche the optimizer is already built: otherwise its first make_optimizer()
     # call resets the state (Adam moments) we just restored.
     if hasattr(strategy, "optimized_param_id"):
@@ -127,7 +168,11 @@ def load_checkpoint(path: Union[str, Path], strategy, restore_rng: bool = True) 
     if missing:
         raise ValueError(f"checkpoint {path} has no state for plugin(s) {missing}; saved: {sorted(state['plugins'])}")
     for key, plugin in plugins.items():
-        plugin.load_state_dict(state["plugins"][key])
+        try:
+            plugin.load_state_dict(state["plugins"][key])
+        except (KeyError, RuntimeError, TypeError, ValueError, IndexError) as exc:
+            raise ValueError(f"checkpoint {path}: the saved state of plugin {key} does not fit it (another method "
+                             f"or option?): {type(exc).__name__}: {_one_line(exc)}") from exc
     for f, v in state["clock"].items():
         setattr(strategy.clock, f, v)
     strategy.skipped_steps = state.get("skipped_steps", 0)

@@ -6,6 +6,7 @@ Nothing is downloaded. See ``docs/datasets.md`` for the expected layouts and
 from .continual import RealBenchmarkConfig, benchmark_stats, continual_as, continual_vs, format_stats, order_key
 from .dataset import RealClipDataset, fbank_from_npy, pad_normalise_fbank
 from .fake import FakeDataset, fake_clip_content, make_fake_audioset, make_fake_vggsound
+from .registry import REAL_BENCHMARKS, parse_benchmark_name, real_benchmark
 from .readers import (
     AUDIOSET_COLUMNS,
     AUDIOSET_NAME_FORMATS,
@@ -30,6 +31,7 @@ __all__ = [
     "VGGSOUND_COLUMNS",
     "ClipLookupReport",
     "DatasetLayout",
+    "REAL_BENCHMARKS",
     "FakeDataset",
     "RealBenchmarkConfig",
     "RealClipDataset",
@@ -48,10 +50,12 @@ __all__ = [
     "make_fake_vggsound",
     "order_key",
     "pad_normalise_fbank",
+    "parse_benchmark_name",
     "read_audioset_ontology",
     "read_audioset_segments",
     "read_prepared_cache",
     "read_vggsound_csv",
+    "real_benchmark",
     "vggsound_clip_name",
     "vggsound_stat",
 ]

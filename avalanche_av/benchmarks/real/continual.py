@@ -1,9 +1,10 @@
 """Continual-VS (VGGSound) and Continual-AS (AudioSet) as Avalanche benchmarks (SPEC §6).
 
 Both generators read a local copy of the dataset (nothing is downloaded), apply the shipped
-task definition (:mod:`.tasks`) and return an Avalanche ``CLScenario`` shaped like the
-synthetic one: a ``train_stream`` with one experience per task (its training clips) and a
-``test_stream`` with one experience per task (its retrieval clips), with task labels.
+task definition (:mod:`.tasks`) and return a
+:class:`~avalanche_av.benchmarks.base.RealAVBenchmark` shaped like the synthetic one: a
+``train_stream`` with one experience per task (its training clips) and a ``test_stream``
+with one experience per task (its retrieval clips), with task labels.
 Samples follow the shared contract ``(audio (T, F), video (n_frames, 3, S, S) uint8,
 target, clip_id)`` plus the task label. Clips are decoded lazily by
 :class:`~avalanche_av.benchmarks.real.dataset.RealClipDataset` (no per-clip work at
@@ -40,9 +41,9 @@ import numpy as np
 import pandas as pd
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 
+from avalanche_av.benchmarks.base import DataReport, RealAVBenchmark
 from avalanche_av.benchmarks.io.dataset import scan_clips
 from avalanche_av.benchmarks.io.errors import ClipDecodeError, ManifestError, PathLike
 from avalanche_av.benchmarks.real.dataset import RealClipDataset
@@ -153,12 +154,15 @@ def _build(
     video_backend: str,
     video_dir: Optional[PathLike],
     extra_task_stats: Optional[pd.DataFrame] = None,
-) -> CLScenario:
+    data_report: Optional[DataReport] = None,
+) -> RealAVBenchmark:
     """Turn labelled rows into the benchmark.
 
     ``rows`` columns: ``clip_id``, ``split``, ``role`` (``train``/``retrieval``/``pool``
     candidate, or ``""`` unused), ``task`` (-1 none), ``target`` (-1 none). ``stems`` holds
-    one candidate stem list per name format, aligned with ``rows``.
+    one candidate stem list per name format, aligned with ``rows``. ``data_report`` carries
+    the counts the caller found in the tables (duplicated, leaked, unknown labels); the
+    missing, bad and replaced counts are added here.
     """
     rel_mask = (rows["role"] != "").to_numpy()
     rel = rows[rel_mask].reset_index(drop=True)
@@ -227,7 +231,7 @@ def _build(
     located.loc[pool_mask, "selected"] = _ROLE_POOL
 
     names = defn.class_names
-    train_sets, eval_sets = [], []
+    train_sets, eval_sets, decoders = [], [], []
     for t, tname in enumerate(defn.task_names):
         for role, sets, is_train in ((_ROLE_TRAIN, train_sets, True), (_ROLE_RETRIEVAL, eval_sets, False)):
             part = located[(located["selected"] == role) & (located["task"] == t)].sort_values("clip_id")
@@ -236,9 +240,8 @@ def _build(
                     f"{source}: task {t} ({tname!r}) has no {'training' if is_train else 'retrieval'} clips on disk "
                     f"(classes {list(defn.classes[t])}); check the layout (docs/datasets.md) or the overrides"
                 )
-            sets.append(as_avalanche_dataset(_dataset(part, is_train, cfg, audio_dtype, video_backend),
-                                             part["target"].tolist(), t))
-    bm = with_task_labels(benchmark_from_datasets(train=train_sets, test=eval_sets))
+            decoders.append(_dataset(part, is_train, cfg, audio_dtype, video_backend))
+            sets.append(as_avalanche_dataset(decoders[-1], part["target"].tolist(), t))
 
     pool = located[located["selected"] == _ROLE_POOL].sort_values("clip_id")
     clip_table = located[located["selected"] != ""].assign(
@@ -247,22 +250,51 @@ def _build(
     )[["clip_id", "stem", "split", "role", "task", "target", "class_name", "video_path", "audio_path"]]
     clip_table = clip_table.rename(columns={"stem": "video_id"}).sort_values("clip_id").reset_index(drop=True)
 
-    bm.config = cfg
-    bm.definition = defn
-    bm.task_names = list(defn.task_names)
-    bm.class_names = names
-    bm.retrieval_sets = eval_sets
-    bm.clip_table = clip_table
-    bm.pretrain_table = clip_table[clip_table["role"] == _ROLE_POOL].reset_index(drop=True)
-    bm.pretrain_pool = (
-        as_avalanche_dataset(_dataset(pool, True, cfg, audio_dtype, video_backend), [-1] * len(pool), 0)
-        if len(pool) else None
+    pool_ds = _dataset(pool, True, cfg, audio_dtype, video_backend) if len(pool) else None
+    if pool_ds is not None:
+        decoders.append(pool_ds)
+    class_table, task_table = _stats_tables(located, defn, extra_task_stats)
+    return RealAVBenchmark(
+        scenario=with_task_labels(benchmark_from_datasets(train=train_sets, test=eval_sets)),
+        config=cfg,
+        task_names=list(defn.task_names),
+        class_names=names,
+        retrieval_sets=eval_sets,
+        clip_table=clip_table,
+        class_table=class_table,
+        data_report=_data_report(data_report, located, caps, report, bad_table),
+        decoders=decoders,
+        definition=defn,
+        root=Path(cfg.root),
+        task_table=task_table,
+        pretrain_pool=as_avalanche_dataset(pool_ds, [-1] * len(pool), 0) if pool_ds is not None else None,
+        pretrain_table=clip_table[clip_table["role"] == _ROLE_POOL].reset_index(drop=True),
+        missing_report=report,
+        bad_clips=bad_table,
     )
-    bm.missing_report = report
-    bm.bad_clips = bad_table
-    bm.root = Path(cfg.root)
-    bm.class_table, bm.task_table = _stats_tables(located, defn, extra_task_stats)
-    return bm
+
+
+def _data_report(base: Optional[DataReport], located: pd.DataFrame, caps: dict[str, Optional[int]],
+                 lookup: Any, bad_table: pd.DataFrame) -> DataReport:
+    """``base`` plus the missing, bad (by category) and replaced counts of the selection."""
+    from avalanche_av.benchmarks.prepare import BAD_CATEGORIES, categorise_reason  # noqa: PLC0415 - import cycle
+
+    rep = dataclasses.replace(base, bad=dict(base.bad)) if base is not None else DataReport()
+    rep.missing += int(lookup.n_missing)
+    for reason in bad_table["reason"]:
+        # prepare-cache reasons read "category: reason"; scan reasons are raw.
+        head = str(reason).split(": ", 1)[0]
+        rep.add_bad(head if head in BAD_CATEGORIES else categorise_reason(str(reason)))
+    # A chosen clip replaced a missing or bad one when it ranks beyond its class's cap among
+    # all of the class's listed candidates.
+    for role, cap in caps.items():
+        if cap is None:
+            continue
+        cand = located[(located["role"] == role) & (located["target"] >= 0)].sort_values(["target", "key"],
+                                                                                         kind="stable")
+        rank = cand.groupby("target").cumcount().to_numpy()
+        rep.replaced += int(((cand["selected"] == role).to_numpy() & (rank >= cap)).sum())
+    return rep
 
 
 def _dataset(part: pd.DataFrame, train: bool, cfg: RealBenchmarkConfig, audio_dtype: torch.dtype,
@@ -337,7 +369,7 @@ def benchmark_stats(benchmark: Any) -> tuple[pd.DataFrame, pd.DataFrame]:
     ``class, name, task, task_name, train_available, train_used, retrieval_available,
     retrieval_used, missing, bad``.
     """
-    if not hasattr(benchmark, "task_table") or not hasattr(benchmark, "class_table"):
+    if not isinstance(benchmark, RealAVBenchmark):
         raise ValueError("benchmark_stats needs a benchmark built by continual_vs or continual_as")
     return benchmark.task_table, benchmark.class_table
 
@@ -354,6 +386,7 @@ def format_stats(benchmark: Any, per_class: bool = True) -> str:
         f"training cap per class: {cfg.max_train_clips_per_class if cfg.max_train_clips_per_class else 'none'}, "
         f"retrieval clips per class: {cfg.retrieval_clips_per_class}",
         f"files: {benchmark.missing_report.summary()}; bad clips left out: {len(benchmark.bad_clips)}",
+        f"data: {benchmark.data_report.summary()}",
         "",
         tasks.to_string(index=False),
     ]
@@ -396,7 +429,7 @@ def continual_vs(
     video_dir: Optional[PathLike] = None,
     audio_dtype: torch.dtype = torch.float16,
     video_backend: str = "auto",
-) -> CLScenario:
+) -> RealAVBenchmark:
     """Continual-VS: VGGSound split into 8 tasks by category (paper App. B).
 
     Layout (``docs/datasets.md``): ``root/vggsound.csv`` and the clips
@@ -428,13 +461,15 @@ def continual_vs(
         video_backend: ``"auto"``, ``"decord"`` or ``"pyav"``.
 
     Returns:
-        A ``CLScenario`` with ``train_stream``/``test_stream`` (one experience per task),
-        and attributes ``config`` (:class:`RealBenchmarkConfig`), ``definition``,
+        A :class:`~avalanche_av.benchmarks.base.RealAVBenchmark`: ``scenario`` with
+        ``train_stream``/``test_stream`` (one experience per task), and the fields
+        ``config`` (:class:`RealBenchmarkConfig`), ``definition``,
         ``task_names``, ``class_names`` (target ``i`` is ``class_names[i]``),
         ``retrieval_sets``, ``pretrain_pool`` (an Avalanche dataset, task label 0, targets
         -1; ``None`` if empty) and ``pretrain_table``, ``clip_table`` (every used clip with
         its role), ``class_table``/``task_table`` (see :func:`benchmark_stats`),
-        ``missing_report`` and ``bad_clips``.
+        ``missing_report``, ``bad_clips``, ``data_report`` (counts of missing, bad by
+        category and replaced clips) and ``decoders``.
     """
     _check_on_error(on_error, missing)
     _check_decode_args(n_frames, image_size, target_length, num_mel_bins, retrieval_clips_per_class, min_duration)
@@ -547,7 +582,7 @@ def continual_as(
     video_dir: Optional[PathLike] = None,
     audio_dtype: torch.dtype = torch.float16,
     video_backend: str = "auto",
-) -> CLScenario:
+) -> RealAVBenchmark:
     """Continual-AS: AudioSet split into 7 tasks by ontology category (paper App. B).
 
     Layout (``docs/datasets.md``): the segment CSVs ``balanced_train_segments.csv``

@@ -1,4 +1,4 @@
-"""The built-in synthetic audio-video stream as an Avalanche benchmark (SPEC §7)."""
+"""The built-in synthetic audio-video stream as an Avalanche benchmark (docs/synthetic.md)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,6 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
-from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
 from avalanche.benchmarks.utils import (
     AvalancheDataset,
@@ -21,6 +20,7 @@ from avalanche.benchmarks.utils import (
 from avalanche.benchmarks.utils.flat_data import ConstantSequence
 from torch.utils.data import Dataset
 
+from ..base import DataReport, SyntheticAVBenchmark
 from .config import SoundingObjectsConfig
 from .render import SHAPE_NAMES
 from .scene import ClassTable, Scenes, build_classes, render_clips, sample_scenes, sounding_masks
@@ -306,7 +306,7 @@ def sounding_objects(
     overwrite: bool = False,
     chunk_size: int = 32,
     **overrides: Any,
-) -> CLScenario:
+) -> SyntheticAVBenchmark:
     """The built-in synthetic continual audio-video stream ("sounding objects").
 
     Each clip shows ``n_objects`` shapes on a noisy background; exactly one is the sound
@@ -331,14 +331,15 @@ def sounding_objects(
         chunk_size: clips rendered together.
 
     Returns:
-        An Avalanche ``CLScenario`` with task labels and
+        A :class:`~avalanche_av.benchmarks.base.SyntheticAVBenchmark`: ``scenario`` is the
+        Avalanche benchmark with task labels, and
 
         - ``train_stream``: one experience per task (its training clips);
         - ``test_stream``: one experience per task (its retrieval set);
 
         Samples are ``(audio (T_a, F) float16, video (n_frames, 3, H, W) uint8, target int64,
         clip_id int64)`` plus the task label; datasets expose ``targets`` and
-        ``targets_task_labels``. Extra attributes:
+        ``targets_task_labels``. Its other fields:
 
         - ``retrieval_sets``: list of the per-task evaluation datasets;
         - ``sounding_masks``: ``(N_clips, n_frames, gh, gw)`` bool, indexed by clip id, the
@@ -349,8 +350,8 @@ def sounding_objects(
           (task, class, split, source identity and cell, size, pitch shift, on/off pattern,
           recurring earlier class, distractors) and of class definitions;
         - ``scenes``: the raw per-clip parameters (:class:`Scenes`);
-        - ``config``, ``task_names``, ``class_names``; in disk mode ``root`` and
-          ``manifest_path``.
+        - ``config``, ``task_names``, ``class_names``, ``data_report`` (all zero for
+          rendered clips); in disk mode ``root``, ``manifest_path`` and ``decoders``.
 
     Memory (in-memory mode): per clip ``n_frames*3*H*W`` bytes of video + ``2*T_a*F`` bytes
     of fbank + ``n_frames*gh*gw`` mask bytes + 16 bytes of ids; the default (64², 4 frames,
@@ -392,27 +393,33 @@ def sounding_objects(
     scenes = data.scenes
     cpt, ntr = cfg.clips_per_task, cfg.classes_per_task * cfg.train_clips_per_class
     targets = scenes.target.tolist()
-    train_sets, eval_sets = [], []
+    train_sets, eval_sets, decoders = [], [], []
     for t in range(cfg.n_tasks):
         lo, mid, hi = t * cpt, t * cpt + ntr, (t + 1) * cpt
-        train_sets.append(as_avalanche_dataset(make(lo, mid), targets[lo:mid], t))
-        eval_sets.append(as_avalanche_dataset(make(mid, hi), targets[mid:hi], t))
-    bm = with_task_labels(benchmark_from_datasets(train=train_sets, test=eval_sets))
-
+        train_ds, eval_ds = make(lo, mid), make(mid, hi)
+        if manifest_path is not None:
+            decoders += [train_ds, eval_ds]
+        train_sets.append(as_avalanche_dataset(train_ds, targets[lo:mid], t))
+        eval_sets.append(as_avalanche_dataset(eval_ds, targets[mid:hi], t))
     names = data.classes.names
-    bm.config = cfg
-    bm.retrieval_sets = eval_sets
-    bm.sounding_masks = sounding_masks(cfg, scenes)
-    bm.active_frames = scenes.bright[:, 0].clone()
-    bm.scenes = scenes
-    bm.clip_table = _clip_table(cfg, data.classes, scenes)
-    bm.class_table = _class_table(cfg, data.classes)
-    bm.class_names = names
-    bm.task_names = [
-        f"task{t}: " + ", ".join(names[t * cfg.classes_per_task : (t + 1) * cfg.classes_per_task])
-        for t in range(cfg.n_tasks)
-    ]
-    if manifest_path is not None:
-        bm.root = Path(root)  # type: ignore[arg-type]
-        bm.manifest_path = manifest_path
-    return bm
+    return SyntheticAVBenchmark(
+        scenario=with_task_labels(benchmark_from_datasets(train=train_sets, test=eval_sets)),
+        config=cfg,
+        task_names=[
+            f"task{t}: " + ", ".join(names[t * cfg.classes_per_task : (t + 1) * cfg.classes_per_task])
+            for t in range(cfg.n_tasks)
+        ],
+        class_names=list(names),
+        retrieval_sets=eval_sets,
+        clip_table=_clip_table(cfg, data.classes, scenes),
+        class_table=_class_table(cfg, data.classes),
+        # Rendered clips cannot be missing, duplicated or leaked: the report stays at zero
+        # unless a disk-mode file fails to decode (counted at load time).
+        data_report=DataReport(),
+        sounding_masks=sounding_masks(cfg, scenes),
+        active_frames=scenes.bright[:, 0].clone(),
+        decoders=decoders,
+        scenes=scenes,
+        root=Path(root) if root is not None else None,
+        manifest_path=manifest_path,
+    )

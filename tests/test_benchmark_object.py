@@ -1,0 +1,81 @@
+"""The typed benchmark object (AVBenchmark) and its data report."""
+import dataclasses
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from avalanche.benchmarks.scenarios.generic_scenario import CLScenario
+
+from avalanche_av.benchmarks import AVBenchmark, DataReport, RealAVBenchmark, SyntheticAVBenchmark, sounding_objects
+from avalanche_av.benchmarks.real import continual_vs, format_stats, make_fake_vggsound, order_key
+
+
+def test_synthetic_builder_returns_the_typed_object(tiny_stream):
+    bm = tiny_stream
+    assert isinstance(bm, SyntheticAVBenchmark) and isinstance(bm, AVBenchmark)
+    assert isinstance(bm.scenario, CLScenario)
+    # user code written for an Avalanche benchmark keeps working
+    assert bm.train_stream is bm.scenario.train_stream and bm.test_stream is bm.scenario.test_stream
+    assert bm.n_tasks == 2 and [e.current_experience for e in bm.train_stream] == [0, 1]
+    # nothing is hung on the Avalanche scenario any more
+    ours = {f.name for f in dataclasses.fields(bm)}
+    assert not ours & set(vars(bm.scenario))
+    assert bm.data_report == DataReport() and bm.decoders == [] and bm.root is None
+    assert bm.sounding_masks.shape[0] == bm.active_frames.shape[0] == len(bm.clip_table)
+    assert "2 tasks, 4 classes" in repr(bm)
+
+
+def test_data_report_merges_and_serialises():
+    a = DataReport(missing=2, bad={"unreadable": 1}, replaced=1, duplicated=3)
+    b = DataReport(bad={"unreadable": 2, "no_audio": 1}, replaced=3, leaked_dropped=1, load_time_counted=False)
+    m = a.merged(b)
+    assert m.to_dict() == {"missing": 2, "bad": {"no_audio": 1, "unreadable": 3}, "bad_total": 4, "replaced": 4,
+                           "duplicated": 3, "leaked_dropped": 1, "unknown_labels": 0, "load_time_counted": False}
+    assert a.bad == {"unreadable": 1}  # the inputs are untouched
+    assert DataReport.from_dict(m.to_dict()) == m
+    assert "bad 4 (no_audio 1, unreadable 3)" in m.summary()
+
+
+@pytest.fixture(scope="module")
+def fake_vs(tmp_path_factory):
+    # First class: 3 good + 3 bad (corrupt, silent, short) + 2 missing training candidates.
+    return make_fake_vggsound(tmp_path_factory.mktemp("vs"), n_tasks=1, classes_per_task=2)
+
+
+def _quiet(fn, *a, **kw):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return fn(*a, **kw)
+
+
+DECODE = dict(n_frames=2, image_size=32, target_length=64, num_mel_bins=32)
+
+
+def test_real_report_counts_missing_bad_and_replaced(fake_vs):
+    cap = 3
+    bm = _quiet(continual_vs, fake_vs.root, n_tasks=1, classes_per_task=2, max_train_clips_per_class=cap,
+                retrieval_clips_per_class=1, scan=True, seed=4, **DECODE)
+    assert isinstance(bm, RealAVBenchmark) and isinstance(bm.scenario, CLScenario)
+    rep = bm.data_report
+    assert rep.missing == len(fake_vs.missing) == 2
+    assert rep.bad == {"unreadable": 1, "no_audio": 1, "too_short": 1}
+    # Hand count: the first class's candidates ranked by the seeded key; each missing or bad
+    # one among the first ``cap`` is replaced by a good one further down (3 good ones exist).
+    first = [r for r in fake_vs.rows if r["label"] == bm.class_names[0] and r["split"] == "train"]
+    stems = [f"{r['youtube_id']}_{int(r['start_seconds']):06d}" for r in first]
+    keys = order_key(pd.Series(stems), 4)
+    top = [stems[i] for i in np.argsort(keys, kind="stable")[:cap]]
+    broken = set(fake_vs.missing) | set(fake_vs.bad)
+    assert rep.replaced == sum(s in broken for s in top) == 2  # seed 4 puts two broken ones on top
+    assert len(bm.decoders) == 2 + (bm.pretrain_pool is not None)
+    assert "data: missing 2, bad 3" in format_stats(bm)
+
+
+def test_load_time_failures_are_counted_by_category(fake_vs):
+    bm = _quiet(continual_vs, fake_vs.root, n_tasks=1, classes_per_task=2, retrieval_clips_per_class=1, **DECODE)
+    assert bm.data_report.bad == {}  # nothing known before decoding
+    ds = bm.train_stream[0].dataset
+    _quiet(lambda: [ds[i] for i in range(len(ds))])
+    rep = bm.load_time_report()
+    assert rep.bad == {"unreadable": 1, "no_audio": 1, "too_short": 1} and rep.replaced == 3
