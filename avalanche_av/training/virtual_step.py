@@ -1,7 +1,7 @@
 """Virtual ("look-ahead") SGD steps for methods that ask what one update would do.
 
 MIR (Aljundi et al., 2019) and GMED (Jin et al., 2021), both baselines of the STELLA paper
-(Sec. 4.1, Appendix A), need the model *after* a hypothetical update on the current batch,
+(Sec. 5.1, Appendix A), need the model *after* a hypothetical update on the current batch,
 ``θ' = θ − η·∇θ ℓ(current; θ)``, without changing the real model. This module computes ``θ'``
 as a dictionary of tensors and evaluates the model under it with
 ``torch.func.functional_call``, so

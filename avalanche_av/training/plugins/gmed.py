@@ -1,7 +1,7 @@
 """GMED: gradient-based editing of memory examples, adapted to self-supervised audio-video.
 
 GMED (Jin et al., NeurIPS 2021, "Gradient-based Editing of Memory Examples for Online Task-free
-Continual Learning") is one of the STELLA paper's baselines (Sec. 4.1 and Appendix A; Table 5:
+Continual Learning") is one of the STELLA paper's baselines (Sec. 5.1 and Appendix A; Table 5:
 stride α = 0.1, regularisation β = 0.05 on Continual-VS). It makes stored examples "harder" for
 the coming update before replaying them. Each training iteration:
 
@@ -16,19 +16,22 @@ the coming update before replaying them. Each training iteration:
 
    the first term is the loss increase the update causes on the memory sample (its
    "interference"); the second keeps the edited sample from simply becoming a high-loss outlier.
-   ``ℓ_i`` is our per-sample SSL loss (MAE reconstruction + λ·InfoNCE), and the three forwards
-   share one set of random masks so that the difference measures the update only;
+   ``ℓ_i`` is our per-sample SSL loss (MAE reconstruction + λ·InfoNCE), and the two forwards
+   on the memory batch share one set of random masks so that the difference measures the
+   update only;
 4. write the edited clips back into the memory (``storage.update_fields``), then replay them as
    ER does (appended to the minibatch; MAE + InfoNCE on ``[current; memory]``).
 
 **Input space.** The gradient is taken, and the step made, in the space the model sees:
 the fbank as stored (already mean/std-normalised) and the ImageNet-normalised frames. The memory
 stays compact, so the edits are mapped back and quantised: frames to pixels
-(``x·std + mean``), clamped to ``[0, 1]`` and rounded to uint8; the fbank clamped to the finite
-fp16 range and rounded to fp16. The replayed rows are exactly these quantised clips, i.e. what
-the memory now holds. An edit smaller than half a quantisation step (1/255 of the pixel range;
-about 1e-3 for fbank values near 1) leaves the stored value unchanged (``docs/baselines_replay.md``
-measures how often that happens). A sample whose edit is not finite keeps its stored clip.
+(``x·std + mean``), clamped to ``[0, 1]`` and rounded to uint8 levels; the fbank clamped to the
+finite fp16 range and rounded to fp16. The replayed rows are exactly these quantised clips, i.e.
+what the memory now holds. With the default nearest rounding, an edit smaller than half a
+quantisation step (half a pixel level; 4.9e-4 for fbank values in ``[1, 2)``) leaves the stored
+value unchanged; ``rounding='stochastic'`` keeps such edits in expectation
+(``docs/baselines_replay.md`` measures both). A sample whose edit is not finite keeps its
+stored clip.
 """
 from __future__ import annotations
 
@@ -141,7 +144,7 @@ def to_compact_clip(
 class GMEDPlugin(OnlineMemoryPlugin):
     """GMED on the shared online memory (task-free reservoir updated every iteration).
 
-    Stores the clip only, as ER (61,456 bytes per sample on ``tiny``); edits overwrite it.
+    Stores the clip only, as ER (65,552 bytes per sample on ``tiny``); edits overwrite it.
 
     Args:
         mem_size, batch_size_mem, storage_policy, memory_device, seed: as
@@ -163,6 +166,8 @@ class GMEDPlugin(OnlineMemoryPlugin):
         last_edit_norm: ``(M,)`` L2 norm of the model-space edit ``α·∇_x J`` per sample
             (audio and video together), before quantisation.
         last_changed: ``(M,)`` bool, whether the stored clip changed after quantisation.
+        last_changed_audio, last_changed_video: ``(M,)`` fraction of each clip's stored fbank
+            values / pixel values that the edit changed.
 
     Raises:
         ValueError: a bad ``edit_stride``, ``edit_reg``, ``virtual_lr`` or ``rounding``.
@@ -197,6 +202,8 @@ class GMEDPlugin(OnlineMemoryPlugin):
         self.last_increase: Optional[torch.Tensor] = None
         self.last_edit_norm: Optional[torch.Tensor] = None
         self.last_changed: Optional[torch.Tensor] = None
+        self.last_changed_audio: Optional[torch.Tensor] = None
+        self.last_changed_video: Optional[torch.Tensor] = None
 
     def replay(self, strategy, mem: Dict[str, torch.Tensor]) -> None:
         """Edit the drawn memory clips, write them back, and append the edited clips (ER)."""
@@ -234,12 +241,13 @@ class GMEDPlugin(OnlineMemoryPlugin):
             a16, v8 = to_compact_clip(audio + da, video + dv, self.rounding, gen)
             a16 = torch.where(ok.view(-1, 1, 1), a16, mem["audio"].to(torch.float16))
             v8 = torch.where(ok.view(-1, 1, 1, 1, 1), v8, to_uint8_frames(mem["video"]))
-            changed = (a16 != mem["audio"].to(torch.float16)).flatten(1).any(1) | (
-                v8 != to_uint8_frames(mem["video"])
-            ).flatten(1).any(1)
+            diff_a = (a16 != mem["audio"].to(torch.float16)).flatten(1)
+            diff_v = (v8 != to_uint8_frames(mem["video"])).flatten(1)
             self.last_increase = increase
             self.last_edit_norm = torch.sqrt(da.flatten(1).pow(2).sum(1) + dv.flatten(1).pow(2).sum(1))
-            self.last_changed = changed
+            self.last_changed = diff_a.any(1) | diff_v.any(1)
+            self.last_changed_audio = diff_a.float().mean(1)
+            self.last_changed_video = diff_v.float().mean(1)
         self.storage.update_fields(self.mem_slots, {"audio": a16, "video": v8})
         return {**mem, "audio": a16, "video": v8}
 

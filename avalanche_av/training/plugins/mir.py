@@ -1,7 +1,7 @@
 """MIR: maximally interfered retrieval, adapted to self-supervised audio-video pre-training.
 
 MIR (Aljundi et al., NeurIPS 2019, "Online Continual Learning with Maximal Interfered
-Retrieval") is one of the STELLA paper's baselines (Sec. 4.1 and Appendix A; Table 5: C = 5).
+Retrieval") is one of the STELLA paper's baselines (Sec. 5.1 and Appendix A; Table 5: C = 5).
 Instead of replaying a uniform memory batch, it replays the stored samples that the coming update
 would hurt most. Each training iteration:
 
@@ -42,7 +42,7 @@ __all__ = ["MIRPlugin"]
 class MIRPlugin(OnlineMemoryPlugin):
     """MIR on the shared online memory (task-free reservoir updated every iteration).
 
-    Stores the clip only, as ER (61,456 bytes per sample on ``tiny``).
+    Stores the clip only, as ER (65,552 bytes per sample on ``tiny``).
 
     Args:
         mem_size, batch_size_mem, storage_policy, memory_device, seed: as
