@@ -215,8 +215,8 @@ class TensorReservoir:
 
 #: The clip as every replay memory stores it: name -> storage dtype. Per sample: ``audio (T, F)``
 #: fbank in fp16 (values normalised to about ``[-2, 4]``: relative error 5e-4), ``video
-#: (n, 3, H, W)`` uint8 RGB, ``target ()`` and ``clip_id ()`` int64. Tiny preset: 96·64·2 +
-#: 4·3·64·64 + 16 = 61,456 bytes; base: 1024·128·2 + 4·3·224·224 + 16 = 864,272 bytes.
+#: (n, 3, H, W)`` uint8 RGB, ``target ()`` and ``clip_id ()`` int64. Tiny preset: 128·64·2 +
+#: 4·3·64·64 + 16 = 65,552 bytes; base: 1024·128·2 + 4·3·224·224 + 16 = 864,272 bytes.
 CLIP_FIELDS: Dict[str, torch.dtype] = {
     "audio": torch.float16,
     "video": torch.uint8,

@@ -1,4 +1,4 @@
-"""Task-free replay baselines on the online memory (paper Sec. 4.1 baselines): ER and DER++.
+"""Task-free replay baselines on the online memory (paper Sec. 5.1 baselines): ER and DER++.
 
 Both use :class:`~avalanche_av.training.plugins.OnlineMemoryPlugin`: a reservoir updated after
 **every** training iteration (not per experience, unlike Avalanche's ``ReplayPlugin``), a memory
@@ -23,7 +23,7 @@ __all__ = ["OnlineReplayPlugin", "ERPlugin", "DERPlugin"]
 class OnlineReplayPlugin(OnlineMemoryPlugin):
     """Experience replay (ER) with a reservoir updated every iteration.
 
-    Stores the clip only (``audio`` fp16, ``video`` uint8, ``target``, ``clip_id``: 61,456 bytes
+    Stores the clip only (``audio`` fp16, ``video`` uint8, ``target``, ``clip_id``: 65,552 bytes
     per sample on ``tiny``). Arguments as :class:`OnlineMemoryPlugin`.
     """
 

@@ -171,7 +171,7 @@ class StellaPlugin(OnlineMemoryPlugin):
     """
 
     #: STELLA mode, stored per sample beyond the clip (all fp16; ``D`` width, ``H`` AVM heads of
-    #: size ``d``, ``N`` patches). Tiny: 2·128 + 2·128 + 2·24 + 2·64 values -> 1,376 bytes.
+    #: size ``d``, ``N`` patches). Tiny: 2·128 + 2·4·32 + 2·32 + 2·64 values -> 1,408 bytes.
     MEMORY_FIELDS = {
         "pooled_a": _F16,  # (D,) DER "logits": pooled audio embedding of the masked selected view
         "pooled_v": _F16,  # (D,)
