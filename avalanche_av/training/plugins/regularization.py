@@ -124,14 +124,25 @@ class SSLSynapticIntelligencePlugin(SynapticIntelligencePlugin):
                 syn["trajectory"][name].data += syn["grad"][name].data * (new - syn["old_theta"][name].data)
 
     def state_dict(self) -> dict:
+        """What carries over between experiences: the importance ω and the cumulated trajectory.
+
+        The anchor, the per-step snapshots and the running path integral are all re-initialised
+        at the start of the next experience, so they are not stored (a checkpoint taken in the
+        middle of an experience would lose that experience's path integral so far).
+        """
         return {
-            "ewc_data": [param_dict_state(self.ewc_data[0]), param_dict_state(self.ewc_data[1])],
-            "syn_data": {k: param_dict_state(v) for k, v in self.syn_data.items()},
+            "importance": param_dict_state(self.ewc_data[1]),
+            "cum_trajectory": param_dict_state(self.syn_data["cum_trajectory"]),
         }
 
     def load_state_dict(self, state: dict) -> None:
-        self.ewc_data = (param_dict_from_state(state["ewc_data"][0]), param_dict_from_state(state["ewc_data"][1]))
-        self.syn_data = {k: param_dict_from_state(v) for k, v in state["syn_data"].items()}
+        imp = param_dict_from_state(state["importance"])
+        self.ewc_data = (param_dict_from_state({k: torch.zeros_like(v.data) for k, v in imp.items()}), imp)
+        self.syn_data = {
+            k: param_dict_from_state({n: torch.zeros_like(v.data) for n, v in imp.items()})
+            for k in ("old_theta", "new_theta", "grad", "trajectory")
+        }
+        self.syn_data["cum_trajectory"] = param_dict_from_state(state["cum_trajectory"])
 
 
 class SSLMASPlugin(MASPlugin):
@@ -272,7 +283,9 @@ class SSLRWalkPlugin(RWalkPlugin):
             penalties[k] = ParamData(k, device=imp.device, init_tensor=w)
         self.exp_penalties = penalties
 
-    _STATE = ("iter_importance", "exp_scores", "exp_params", "exp_importance", "exp_penalties")
+    #: What carries over between experiences (``checkpoint_*`` restart at every ``train()`` call,
+    #: ``exp_importance`` is recomputed from ``iter_importance`` at the end of the experience).
+    _STATE = ("iter_importance", "exp_scores", "exp_params", "exp_penalties")
 
     def state_dict(self) -> dict:
         return {k: param_dict_state(getattr(self, k)) for k in self._STATE}
