@@ -209,6 +209,11 @@ class S4MaskSource:
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return load_s4_masks(self.mask_paths[int(i)], self.size, self.frame_index)
 
+    def valid_frames(self) -> torch.Tensor:
+        """``(N, F)`` bool: which returned frames are annotated (from the paths, no file read)."""
+        idx = self.frame_index if self.frame_index is not None else list(range(S4_FRAMES))
+        return torch.tensor([[bool(m[i]) for i in idx] for m in self.mask_paths], dtype=torch.bool).view(len(self), len(idx))
+
     def get_batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [self[int(i)] for i in idx.tolist()]
         return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
