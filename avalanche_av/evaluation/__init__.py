@@ -1,5 +1,6 @@
 """Evaluation for continual audio-video pre-training: zero-shot retrieval, A / F, modality gap, plots,
-and efficiency meters (FLOPs, saved activations, step phases; :mod:`.efficiency`)."""
+localization (:mod:`.localization`, :mod:`.localization_metrics`), per-step training diagnostics
+(:mod:`.training_metrics`) and efficiency meters (FLOPs, saved activations, step phases; :mod:`.efficiency`)."""
 
 from avalanche_av.evaluation.efficiency import (
     EfficiencyMetric,
@@ -19,20 +20,40 @@ from avalanche_av.evaluation.functional import (
     similarity,
 )
 from avalanche_av.evaluation.localization import (
+    LocalizationScore,
     avm_importance,
     avm_match_accuracy,
+    cosine_importance,
+    cosine_map,
     importance_share,
+    localization_auc,
+    localization_forgetting,
+    localization_score,
     plot_attention_map,
+    plot_attention_rows,
+    sounding_patches,
+    unimodal_tokens,
 )
+from avalanche_av.evaluation.localization_metrics import LocalizationMetrics
 from avalanche_av.evaluation.metrics import (
     RetrievalMetrics,
     av_evaluator,
     get_retrieval_metrics,
 )
 from avalanche_av.evaluation.plots import (
+    modality_gap_curve,
     plot_accuracy_matrix,
     plot_metric_curves,
+    plot_modality_gap,
     save_accuracy_matrix_png,
+)
+from avalanche_av.evaluation.training_metrics import (
+    AVMMatchMetric,
+    ExcludedFractionMetric,
+    MemoryFillMetric,
+    TrainingDiagnostic,
+    TrainLocalizationMetric,
+    training_diagnostics,
 )
 
 __all__ = [
@@ -53,6 +74,24 @@ __all__ = [
     "avm_match_accuracy",
     "importance_share",
     "plot_attention_map",
+    "plot_attention_rows",
+    "sounding_patches",
+    "unimodal_tokens",
+    "cosine_map",
+    "cosine_importance",
+    "localization_auc",
+    "LocalizationScore",
+    "localization_score",
+    "localization_forgetting",
+    "LocalizationMetrics",
+    "plot_modality_gap",
+    "modality_gap_curve",
+    "TrainingDiagnostic",
+    "AVMMatchMetric",
+    "ExcludedFractionMetric",
+    "MemoryFillMetric",
+    "TrainLocalizationMetric",
+    "training_diagnostics",
     "EfficiencyPlugin",
     "EfficiencyMetric",
     "FlopMeter",

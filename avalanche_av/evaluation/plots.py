@@ -8,6 +8,7 @@ machines whatever backend is configured.
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -17,7 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_accuracy_matrix", "save_accuracy_matrix_png", "plot_metric_curves"]
+__all__ = ["plot_accuracy_matrix", "save_accuracy_matrix_png", "plot_metric_curves", "modality_gap_curve",
+           "plot_modality_gap"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
 
@@ -175,5 +177,101 @@ def plot_metric_curves(
         ax.set_title(title)
     if series:
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def modality_gap_curve(gap_matrix: ArrayLike, which: Union[str, int] = "diagonal") -> np.ndarray:
+    """One modality-gap value per training experience, read from a gap matrix.
+
+    Args:
+        gap_matrix: ``(R, C)``; entry ``[t, i]`` is the gap on task ``i``'s evaluation clips after
+            training experience ``t`` (``RetrievalMetrics.modality_gap_matrix()``).
+        which: ``"diagonal"``: task ``t``'s own clips right after training it (the paper's
+            Fig. 6, "at the end of each task, utilizing evaluation data of each task");
+            ``"seen"``: the mean over the tasks trained so far (columns ``0..t``); ``"all"``: the
+            mean over every column; an int ``i``: task ``i``'s clips at every checkpoint (how one
+            task's gap moves, as in the paper's Fig. 11).
+
+    Returns:
+        ``(R,)`` float64; ``NaN`` where the entries are unknown.
+    """
+    m = _as_2d(gap_matrix, "gap_matrix")
+    r, c = m.shape
+    if isinstance(which, (int, np.integer)) and not isinstance(which, bool):
+        if not 0 <= which < c:
+            raise ValueError(f"which={which}: the gap matrix has task columns 0..{c - 1}")
+        return m[:, int(which)].copy()
+    if which == "diagonal":
+        return np.array([m[t, t] if t < c else np.nan for t in range(r)])
+    if which in ("seen", "all"):
+        out = np.full(r, np.nan)
+        for t in range(r):
+            row = m[t, : min(t + 1, c)] if which == "seen" else m[t]
+            if np.isfinite(row).any():
+                out[t] = np.nanmean(row)
+        return out
+    raise ValueError(f"which must be 'diagonal', 'seen', 'all' or a task index, got {which!r}")
+
+
+def plot_modality_gap(
+    gaps: Mapping[str, ArrayLike],
+    which: Union[str, int] = "diagonal",
+    title: str = "Modality gap after each task",
+    ax: Optional[Axes] = None,
+    task_names: Optional[Sequence[str]] = None,
+) -> Figure:
+    """The modality gap after each training experience, one line per method (paper Fig. 6, left).
+
+    Args:
+        gaps: method -> its gap matrix ``(R, C)``, or a stack ``(S, R, C)`` over ``S`` seeds, drawn
+            as the mean with a ±1 std band (methods may have different ``R``).
+        which: how a matrix becomes one value per experience (:func:`modality_gap_curve`).
+        title: axes title.
+        ax: draw into this axes instead of a new figure.
+        task_names: x tick labels, one per experience; default ``1 .. R`` (the paper's
+            "pre-train task" numbering).
+
+    Returns:
+        The figure holding the axes.
+    """
+    if not gaps:
+        raise ValueError("plot_modality_gap needs at least one method")
+    if ax is None:
+        fig = _new_figure((6.4, 4.2))
+        ax = fig.add_subplot(1, 1, 1)
+    else:
+        fig = ax.figure
+    n_max = 0
+    for name, value in gaps.items():
+        arr = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value, dtype=np.float64)
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3:
+            raise ValueError(f"gaps[{name!r}] must be (R, C) or (S, R, C), got shape {arr.shape}")
+        curves = np.stack([modality_gap_curve(a, which) for a in arr])  # (S, R)
+        x = np.arange(1, curves.shape[1] + 1)
+        n_max = max(n_max, curves.shape[1])
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+            mean = np.nanmean(curves, axis=0)
+            std = np.nanstd(curves, axis=0) if curves.shape[0] > 1 else None
+        label = name if curves.shape[0] == 1 else f"{name} (mean ± std, {curves.shape[0]} seeds)"
+        line = ax.plot(x, mean, marker="o", label=label)[0]
+        if std is not None:
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ticks = np.arange(1, n_max + 1)
+    ax.set_xticks(ticks)
+    if task_names is not None:
+        if len(task_names) < n_max:
+            raise ValueError(f"task_names has {len(task_names)} entries for {n_max} experiences")
+        ax.set_xticklabels(list(task_names)[:n_max])
+    ax.set_xlabel("after training task")
+    names = {"diagonal": "own task's clips", "seen": "mean over seen tasks", "all": "mean over all tasks"}
+    what = names[which] if isinstance(which, str) else f"task {which}'s clips"
+    ax.set_ylabel(f"modality gap, {what}")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
     fig.tight_layout()
     return fig

@@ -1,0 +1,282 @@
+"""Evidence tools: modality gap per task, localization scores and maps for every method, per-step
+training diagnostics, and attention maps drawn from a run checkpoint."""
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from avalanche.training.plugins import EvaluationPlugin
+
+from avalanche_av.evaluation import (
+    LocalizationMetrics,
+    RetrievalMetrics,
+    cosine_importance,
+    cosine_map,
+    localization_auc,
+    localization_forgetting,
+    localization_score,
+    modality_gap,
+    modality_gap_curve,
+    plot_modality_gap,
+    sounding_patches,
+    training_diagnostics,
+    unimodal_tokens,
+)
+from avalanche_av.evaluation.training_metrics import (
+    AVMMatchMetric,
+    ExcludedFractionMetric,
+    MemoryFillMetric,
+    TrainLocalizationMetric,
+)
+
+from .conftest import make_strategy  # noqa: F401  (used by the checkpoint tests below)
+
+
+# ----------------------------------------------------------------------------- modality gap
+def test_modality_gap_equals_hand_computation_on_planted_embeddings():
+    # Audio rows normalise to e1 and e2 (mean (1/2, 1/2, 0)); video rows to e3 and (e1 + e3)/√2.
+    a = torch.tensor([[3.0, 0.0, 0.0], [0.0, 5.0, 0.0]])
+    v = torch.tensor([[0.0, 0.0, 2.0], [1.0, 0.0, 1.0]])
+    r = 1 / math.sqrt(2)
+    mean_v = np.array([r / 2, 0.0, (1 + r) / 2])
+    hand = float(np.linalg.norm(np.array([0.5, 0.5, 0.0]) - mean_v))
+    assert modality_gap(a, v) == pytest.approx(hand, abs=1e-6)
+
+
+def test_modality_gap_curve_and_plot():
+    m = np.array([[0.50, 0.40, np.nan], [0.45, 0.48, 0.30], [0.44, 0.46, 0.47]])
+    assert modality_gap_curve(m, "diagonal").tolist() == pytest.approx([0.50, 0.48, 0.47])
+    assert modality_gap_curve(m, "seen").tolist() == pytest.approx([0.50, (0.45 + 0.48) / 2, (0.44 + 0.46 + 0.47) / 3])
+    assert modality_gap_curve(m, 0).tolist() == pytest.approx([0.50, 0.45, 0.44])
+    with pytest.raises(ValueError, match="task columns"):
+        modality_gap_curve(m, 5)
+    seeds = np.stack([m, m + 0.02])
+    fig = plot_modality_gap({"stella": seeds, "er": m - 0.1})
+    ax = fig.axes[0]
+    assert ax.get_title() and ax.get_xlabel() == "after training task" and "modality gap" in ax.get_ylabel()
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.51, 0.49, 0.48])  # mean over the 2 seeds
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.40, 0.38, 0.37])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["stella (mean ± std, 2 seeds)", "er"]
+
+
+# ----------------------------------------------------------------------------- scores
+def _gt(rows: int = 3, n: int = 16) -> torch.Tensor:
+    gt = torch.zeros(rows, n, dtype=torch.bool)
+    gt[0, [1, 2]] = True  # area share 2/16
+    gt[1, 5:9] = True  # 4/16
+    # row 2 has no ground truth: it is left out
+    return gt
+
+
+def test_localization_score_is_one_on_the_mask_and_chance_for_a_uniform_map():
+    gt = _gt()
+    exact = gt.float() / gt.float().sum(1, keepdim=True).clamp_min(1)
+    s = localization_score(exact, gt)
+    assert s.n_clips == 2
+    assert s.share == pytest.approx(1.0)
+    assert s.chance == pytest.approx((2 / 16 + 4 / 16) / 2)
+    assert s.lift == pytest.approx(1.0 / s.chance)
+    assert s.auc == pytest.approx(1.0)
+    u = localization_score(torch.ones(3, 16), gt)
+    assert u.share == pytest.approx(u.chance) and u.share == pytest.approx(3 / 16)
+    assert u.lift == pytest.approx(1.0) and u.auc == pytest.approx(0.5)
+    none = localization_score(torch.ones(2, 16), torch.zeros(2, 16, dtype=torch.bool))
+    assert none.n_clips == 0 and math.isnan(none.share)
+
+
+def test_localization_auc_counts_ties_half_and_orders():
+    gt = torch.tensor([[True, False, False, False]])
+    assert localization_auc(torch.tensor([[0.9, 0.1, 0.2, 0.3]]), gt).item() == pytest.approx(1.0)
+    assert localization_auc(torch.tensor([[0.0, 0.1, 0.2, 0.3]]), gt).item() == pytest.approx(0.0)
+    # ties with one of three negatives: (1 + 1 + 0.5) / 3
+    assert localization_auc(torch.tensor([[0.2, 0.1, 0.2, 0.0]]), gt).item() == pytest.approx(2.5 / 3)
+
+
+def test_localization_forgetting_is_textbook_forgetting():
+    m = np.array([[0.6, np.nan], [0.4, 0.5], [0.3, 0.2]])
+    # task 0: max(0.6, 0.4) - 0.3; task 1: 0.5 - 0.2
+    assert localization_forgetting(m) == pytest.approx(((0.6 - 0.3) + (0.5 - 0.2)) / 2)
+
+
+def test_sounding_patches_flatten_frame_major_and_keep_sounding_frames():
+    masks = torch.zeros(2, 2, 2, 2, dtype=torch.bool)
+    masks[1, :, 0, 1] = True  # clip 1: cell (0, 1) in both frames
+    active = torch.tensor([[True, True], [False, True]])
+    gt = sounding_patches(masks, active, torch.tensor([1, 0]))
+    assert gt.shape == (2, 8)
+    assert gt[0].nonzero().flatten().tolist() == [4 + 1]  # frame 1 only, cell index 0 * 2 + 1
+    assert not gt[1].any()
+    with pytest.raises(ValueError, match="clip ids"):
+        sounding_patches(masks, active, torch.tensor([2]))
+
+
+# ----------------------------------------------------------------------------- cosine maps
+class _PlantedTokens(torch.nn.Module):
+    """Stands in for the backbone: the unimodal pass returns planted tokens (identity shared
+    blocks and norms), so the map's arithmetic is checked on known vectors."""
+
+    def __init__(self, tok_a: torch.Tensor, tok_v: torch.Tensor):
+        super().__init__()
+        self.tok_a, self.tok_v = tok_a, tok_v
+        self.blocks_u = torch.nn.ModuleList()
+        self.norm_a = self.norm_v = torch.nn.Identity()
+        self.config = SimpleNamespace(temperature=0.05)
+
+    def patchify(self, audio, video):
+        return audio, video
+
+    def encode_full(self, pa, pv):
+        return self.tok_a, self.tok_v
+
+
+def test_cosine_map_of_a_planted_embedding_peaks_on_the_planted_patch():
+    g = torch.Generator().manual_seed(0)
+    b, na, nv, d = 2, 4, 12, 16
+    direction = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=-1)
+    tok_a = direction[:, None, :] * torch.rand(b, na, 1, generator=g).add(0.5)  # all along `direction`
+    tok_v = torch.randn(b, nv, d, generator=g)
+    planted = torch.tensor([3, 9])
+    tok_v[torch.arange(b), planted] = 7.0 * direction  # the sounding patch points where the audio does
+    model = _PlantedTokens(tok_a, tok_v)
+    audio, video = torch.zeros(b, 4, 4), torch.zeros(b, 1, 3, 2, 2, dtype=torch.uint8)
+    cos = cosine_map(model, audio, video)
+    assert cos.shape == (b, nv)
+    assert cos.argmax(dim=1).tolist() == planted.tolist()
+    assert cos[torch.arange(b), planted].tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    imp = cosine_importance(model, audio, video)
+    assert imp.sum(1).tolist() == pytest.approx([1.0, 1.0])
+    assert imp.argmax(dim=1).tolist() == planted.tolist()
+
+
+def test_unimodal_tokens_pool_to_the_retrieval_embeddings():
+    from avalanche_av.models import create_model
+    from avalanche_av.models.inputs import prepare_audio, prepare_video
+
+    torch.manual_seed(0)
+    model = create_model("tiny").eval()
+    c = model.config
+    audio = torch.randn(2, c.audio_length, c.num_mel_bins)
+    video = torch.randint(0, 256, (2, c.n_frames, 3, c.image_size, c.image_size), dtype=torch.uint8)
+    tok_a, tok_v = unimodal_tokens(model, audio, video)
+    assert tok_v.shape == (2, c.num_video_patches, c.embed_dim)
+    with torch.no_grad():
+        ea, ev = model.embed(prepare_audio(audio), prepare_video(video))
+    norm = torch.nn.functional.normalize
+    torch.testing.assert_close(norm(tok_a.mean(1), dim=-1), ea)
+    torch.testing.assert_close(norm(tok_v.mean(1), dim=-1), ev)
+
+
+# ----------------------------------------------------------------------------- training diagnostics
+def _fake_strategy(plugin, clip_ids):
+    return SimpleNamespace(
+        plugins=[object(), plugin],
+        mb_clip_id=torch.as_tensor(clip_ids),
+        experience=SimpleNamespace(current_experience=1, origin_stream=SimpleNamespace(name="train")),
+        clock=SimpleNamespace(train_iterations=0),
+    )
+
+
+def test_training_metrics_report_the_planted_plugin_values():
+    masks = torch.zeros(3, 1, 2, 2, dtype=torch.bool)
+    masks[0, 0, 0, 0] = True  # clip 0: 1 of 4 patches
+    masks[1, 0, 1] = True  # clip 1: 2 of 4 patches; clip 2: none
+    plugin = SimpleNamespace(avm=object(), storage=[0] * 6, mem_size=8, last_stats=None, step=None)
+    metrics = [AVMMatchMetric(every=2), ExcludedFractionMetric(every=2), MemoryFillMetric(every=2),
+               TrainLocalizationMetric(masks, every=2)]
+    strategy = _fake_strategy(plugin, [0, 1, 2])
+    for m in metrics:
+        m.before_training_exp(strategy)
+    planted = [(0.75, 0.25, 0.5, 0.125), (0.25, 0.75, 0.25, 0.375)]  # acc, loss, excl_a, excl_v
+    imp = torch.tensor([[1.0, 0.0, 0.0, 0.0],  # all on clip 0's sounding patch: share 1, AUC 1
+                        [0.25, 0.25, 0.25, 0.25],  # uniform on clip 1: share = 2/4, AUC 0.5
+                        [0.7, 0.1, 0.1, 0.1]])  # clip 2 has no ground truth: left out
+    emitted = []
+    for it, (acc, loss, ea, ev) in enumerate(planted):
+        plugin.last_stats = SimpleNamespace(avm_acc=torch.tensor(acc), avm_loss=torch.tensor(loss),
+                                            excluded_frac_a=torch.tensor(ea), excluded_frac_v=torch.tensor(ev))
+        plugin.step = SimpleNamespace(imp_v=imp)
+        strategy.clock.train_iterations = it
+        for m in metrics:
+            m.after_forward(strategy)
+            m.after_forward(strategy)  # the same step seen twice counts once
+            out = m.after_training_iteration(strategy)
+            if it == 0:
+                assert out is None  # nothing before the window closes
+            else:
+                emitted += out
+    values = {mv.name: mv.value for mv in emitted}
+    t = "/train_phase/train_stream/Task001"
+    assert values[f"Train_AVM_Acc{t}"] == pytest.approx(0.5)
+    assert values[f"Train_AVM_Loss{t}"] == pytest.approx(0.5)
+    assert values[f"Train_Excluded_a{t}"] == pytest.approx(0.375)
+    assert values[f"Train_Excluded_v{t}"] == pytest.approx(0.25)
+    assert values[f"Train_MemoryFill{t}"] == pytest.approx(0.75)
+    assert values[f"Train_Loc_Share{t}"] == pytest.approx((1.0 + 0.5) / 2)
+    assert values[f"Train_Loc_Chance{t}"] == pytest.approx((0.25 + 0.5) / 2)
+    assert values[f"Train_Loc_AUC{t}"] == pytest.approx((1.0 + 0.5) / 2)
+    assert all(mv.x_plot == 1 for mv in emitted)
+    assert metrics[0].history == [{"iteration": 1, "experience": 1, "values": {"AVM_Acc": 0.5, "AVM_Loss": 0.5}}]
+    # a partial window is flushed at the end of the experience; an empty one emits nothing
+    assert metrics[0].after_training_exp(strategy) is None
+
+
+def test_training_metrics_stay_silent_without_a_matching_plugin():
+    strategy = _fake_strategy(SimpleNamespace(), [0])
+    m = AVMMatchMetric(every=1)
+    m.after_forward(strategy)
+    assert m.after_training_iteration(strategy) == []
+    with pytest.raises(ValueError, match="every"):
+        AVMMatchMetric(every=0)
+
+
+# ----------------------------------------------------------------------------- on real strategies
+@pytest.mark.parametrize("method", ["stella", "er"])
+def test_localization_and_training_metrics_in_a_real_run(tiny_stream, method):
+    from avalanche_av.models import create_model
+    from avalanche_av.training import AVPretraining, default_optimizer, make_plugins
+
+    bench = tiny_stream
+    tracked = int(bench.test_stream[0].dataset[0][3])
+    loc = LocalizationMetrics(bench.sounding_masks, bench.active_frames, track_clips=[tracked], n_tasks=2)
+    diags = training_diagnostics(every=1, sounding_masks=bench.sounding_masks, active_frames=bench.active_frames)
+    torch.manual_seed(0)
+    model = create_model("tiny")
+    strategy = AVPretraining(
+        model=model, optimizer=default_optimizer(model, lr=1e-3), train_mb_size=8, train_epochs=1,
+        eval_mb_size=16, device="cpu", plugins=make_plugins(method, mem_size=8, batch_size=8),
+        evaluator=EvaluationPlugin(RetrievalMetrics(n_tasks=2), loc, *diags, loggers=[]),
+    )
+    for exp in bench.train_stream:
+        strategy.train(exp)
+        strategy.eval(bench.test_stream)
+    share = loc.matrix("cosine", "share")
+    assert share.shape == (2, 2) and np.isfinite(share).all()
+    assert ((share >= 0) & (share <= 1)).all()
+    # the chance level is the mean area share of each task's retrieval clips' sounding patches
+    for t in range(2):
+        ids = torch.tensor([int(bench.test_stream[t].dataset[i][3]) for i in range(len(bench.test_stream[t].dataset))])
+        gt = sounding_patches(bench.sounding_masks, bench.active_frames, ids)
+        gt = gt[gt.any(1)].float()
+        assert loc.matrix("cosine", "chance")[-1, t] == pytest.approx(float(gt.mean(1).mean()), rel=1e-5)
+    assert math.isfinite(loc.forgetting("cosine", "share"))
+    maps = loc.tracked_maps(-1)[tracked]
+    assert maps["cosine"].shape == (bench.sounding_masks[0].numel(),)
+    assert float(maps["cosine"].sum()) == pytest.approx(1.0, abs=1e-4)
+    last = strategy.evaluator.get_last_metrics()
+    mem = strategy.plugins[0]
+    assert last["Train_MemoryFill/train_phase/train_stream/Task001"] == pytest.approx(len(mem.storage) / mem.mem_size)
+    if method == "stella":
+        assert np.isfinite(loc.matrix("avm", "auc")).all()
+        assert 0 <= last["Train_AVM_Acc/train_phase/train_stream/Task001"] <= 1
+        assert 0 <= last["Train_Loc_Share/train_phase/train_stream/Task001"] <= 1
+        assert set(maps) == {"cosine", "avm"}
+    else:
+        assert np.isnan(loc.matrix("avm", "share")).all()
+        assert not any(k.startswith("Train_AVM") for k in last)
+    json.dumps(loc.to_dict())  # JSON-ready
+    state = loc.state_dict()
+    again = LocalizationMetrics(bench.sounding_masks, bench.active_frames)
+    again.load_state_dict(state)
+    np.testing.assert_array_equal(again.matrix("cosine", "share"), share)
