@@ -50,6 +50,8 @@ def layer_of(module: str) -> str:
     top = parts[1]
     if top == "benchmarks" and len(parts) > 2 and parts[2] == "io":
         return "io"
+    if top == "analysis":  # inspection of run checkpoints: the experiment layer (ARCHITECTURE.md)
+        return "experiment"
     if top in ("cli", "experiment", "training", "evaluation", "models", "benchmarks", "downstream"):
         return top
     raise AssertionError(f"module {module} is in no layer; add its folder to ALLOWED in {__file__}")

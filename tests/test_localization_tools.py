@@ -280,3 +280,45 @@ def test_localization_and_training_metrics_in_a_real_run(tiny_stream, method):
     again = LocalizationMetrics(bench.sounding_masks, bench.active_frames)
     again.load_state_dict(state)
     np.testing.assert_array_equal(again.matrix("cosine", "share"), share)
+
+
+# ----------------------------------------------------------------------------- attention from a checkpoint
+def _stella_checkpoint(tiny_stream, path):
+    from avalanche_av.experiment import RunConfig
+    from avalanche_av.training import save_checkpoint
+    from avalanche_av.training.plugins import StellaPlugin
+
+    stella = StellaPlugin(mem_size=8)
+    strategy = make_strategy([stella], mb=8)
+    strategy.train(tiny_stream.train_stream[0])
+    cfg = RunConfig(strategy="stella", n_tasks=2, classes_per_task=2, train_clips_per_class=8, eval_clips_per_class=4,
+                    mem_size=8, batch_size=8, epochs=1)
+    save_checkpoint(path, strategy, extra={"run_config": json.dumps(cfg.to_json()), "completed_experiences": 1})
+    return strategy, stella
+
+
+def test_draw_attention_from_a_run_checkpoint(tiny_stream, tmp_path):
+    from avalanche_av.analysis import clip_batch, draw_attention, load_run
+    from avalanche_av.evaluation import avm_importance
+
+    strategy, stella = _stella_checkpoint(tiny_stream, tmp_path / "run" / "checkpoint.pt")
+    run = load_run(tmp_path / "run" / "checkpoint.pt", benchmark=tiny_stream)
+    assert run.completed_experiences == 1 and run.avm is not None
+    for name, p in stella.avm.state_dict().items():
+        torch.testing.assert_close(run.avm.state_dict()[name], p)
+    clip = int(tiny_stream.test_stream[1].dataset[2][3])
+    audio, video, gt = clip_batch(tiny_stream, [clip, 0])
+    assert torch.equal(video[0], tiny_stream.test_stream[1].dataset[2][1])  # the retrieval clip itself
+    assert torch.equal(audio[1], tiny_stream.train_stream[0].dataset[0][0])  # a training clip
+    assert torch.equal(gt, sounding_patches(tiny_stream.sounding_masks, tiny_stream.active_frames, torch.tensor([clip, 0])))
+    records = draw_attention(tmp_path / "run" / "checkpoint.pt", [clip], run=run)
+    (rec,) = records
+    assert rec["path"].endswith(f"attention/attention_clip{clip}.png") and (tmp_path / "run" / "attention").is_dir()
+    assert open(rec["path"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # the drawn AVM map is the trained AVM's: its score matches a direct computation
+    strategy.model.eval()
+    _, imp_v, _ = avm_importance(strategy.model, stella.avm, audio[:1], video[:1])
+    assert rec["scores"]["avm"]["share"] == pytest.approx(localization_score(imp_v, gt[:1]).share, rel=1e-4)
+    assert set(rec["scores"]) == {"avm", "cosine"}
+    with pytest.raises(ValueError, match="not a clip of this benchmark"):
+        clip_batch(tiny_stream, [10_000])
