@@ -236,10 +236,11 @@ def draw_tracked_attention(
     paths = []
     for i, cid in enumerate(clip_ids):
         panels: Dict[str, Tensor] = {}
-        for r, maps in per_row.items():
-            after = (r % n_rows) + 1 if n_rows else r
-            for kind, m in maps.get(cid, {}).items():
-                panels[f"{_MAP_LABELS[kind]}\nafter task {after}"] = m
+        for kind in _MAP_LABELS:  # one map's rows together, so its change over the stream reads down
+            for r, maps in per_row.items():
+                after = (r % n_rows) + 1 if n_rows else r
+                if kind in maps.get(cid, {}):
+                    panels[f"{_MAP_LABELS[kind]}\nafter task {after}"] = maps[cid][kind]
         if not panels:
             continue
         note = "; white: sounding source" if gt is not None else ""
