@@ -213,6 +213,8 @@ def _add_stats_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentPar
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scan", action="store_true", help="probe the chosen clips' headers to find bad files")
     p.add_argument("--min-duration", type=float, default=1.0)
+    p.add_argument("--allow-outside-root", action="store_true",
+                   help="read prepare-cache manifest entries that lie outside --data-root (refused by default)")
     p.add_argument("--no-per-class", dest="per_class", action="store_false", help="only the per-task table")
     p.add_argument("--csv-dir", default=None, help="also write task_stats.csv, class_stats.csv, bad_clips.csv here")
     return p
@@ -226,7 +228,8 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     if args.csv_dir:
         check_output_dir(args.csv_dir, "--csv-dir")
     kw: dict[str, Any] = dict(retrieval_clips_per_class=args.retrieval_clips_per_class, seed=args.seed,
-                              scan=args.scan, min_duration=args.min_duration)
+                              scan=args.scan, min_duration=args.min_duration,
+                              allow_outside_root=args.allow_outside_root)
     if args.n_tasks is not None:
         kw["n_tasks"] = args.n_tasks
     if args.classes_per_task is not None:

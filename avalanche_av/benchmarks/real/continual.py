@@ -50,6 +50,7 @@ from avalanche_av.benchmarks.real.dataset import RealClipDataset
 from avalanche_av.benchmarks.real.readers import (
     AUDIOSET_NAME_FORMATS,
     audioset_clip_names,
+    check_clip_rows,
     find_layout,
     locate_clips,
     read_audioset_ontology,
@@ -57,7 +58,13 @@ from avalanche_av.benchmarks.real.readers import (
     read_vggsound_csv,
     vggsound_clip_name,
 )
-from avalanche_av.benchmarks.real.tasks import DEFAULT, TaskDefinition, load_task_definition, vggsound_stat
+from avalanche_av.benchmarks.real.tasks import (
+    DEFAULT,
+    TaskDefinition,
+    find_unknown_labels,
+    load_task_definition,
+    vggsound_stat,
+)
 from avalanche_av.benchmarks.synthetic.benchmark import as_avalanche_dataset
 
 __all__ = [
@@ -99,6 +106,7 @@ class RealBenchmarkConfig:
     missing: str
     scan: bool
     prepared: Optional[str]
+    allow_outside_root: bool = False
 
 
 # --------------------------------------------------------------------------- selection helpers
@@ -167,7 +175,8 @@ def _build(
     rel_mask = (rows["role"] != "").to_numpy()
     rel = rows[rel_mask].reset_index(drop=True)
     rel_stems = [list(np.asarray(s, dtype=object)[rel_mask]) for s in stems]
-    layout = find_layout(cfg.root, video_dir=video_dir, prepared=cfg.prepared)
+    layout = find_layout(cfg.root, video_dir=video_dir, prepared=cfg.prepared,
+                         allow_outside_root=cfg.allow_outside_root)
     located, report, _ = locate_clips(rel, rel_stems, layout, source)
     if report.n_missing:
         if cfg.missing == "raise":
@@ -429,6 +438,7 @@ def continual_vs(
     video_dir: Optional[PathLike] = None,
     audio_dtype: torch.dtype = torch.float16,
     video_backend: str = "auto",
+    allow_outside_root: bool = False,
 ) -> RealAVBenchmark:
     """Continual-VS: VGGSound split into 8 tasks by category (paper App. B).
 
@@ -459,6 +469,15 @@ def continual_vs(
         video_dir: the video folder, if not one of the defaults.
         audio_dtype: dtype of the fbank in samples (float16 halves host memory).
         video_backend: ``"auto"``, ``"decord"`` or ``"pyav"``.
+        allow_outside_root: read ``prepare``-cache manifest entries whose paths resolve
+            outside ``root`` and the cache folder (refused by default, see
+            ``docs/reliability.md``).
+
+    Table checks (``docs/reliability.md``): a clip listed twice in a split is used once
+    (``data_report.duplicated``); a clip listed in both ``train`` and ``test`` is dropped
+    from training (``leaked_dropped``); rows whose label is not a VGGSound class are left
+    out, also of the pre-training pool (``unknown_labels``). Each is warned about with
+    examples.
 
     Returns:
         A :class:`~avalanche_av.benchmarks.base.RealAVBenchmark`: ``scenario`` with
@@ -481,11 +500,13 @@ def continual_vs(
         found = sorted(p.name for p in root.glob("*.csv")) if root.is_dir() else []
         raise FileNotFoundError(f"VGGSound table {csv_path} not found (CSV files in {root}: {found or 'none'})")
     table = read_vggsound_csv(csv_path)
-    known = set(vggsound_stat()["name"])
-    unknown = sorted(set(table["label"]) - known)
-    if unknown:
-        warnings.warn(f"{csv_path}: {len(unknown)} labels are not VGGSound classes and are never task classes: "
-                      f"{unknown[:5]}", RuntimeWarning, stacklevel=2)
+    checks = check_clip_rows(table, ["youtube_id", "start_seconds"],
+                             vggsound_clip_name(table["youtube_id"], table["start_seconds"]), eval_split="test",
+                             label_col="label", source=f"VGGSound table {csv_path}")
+    unknown = find_unknown_labels(table["label"], vggsound_stat()["name"])
+    checks.unknown_labels, checks.unknown_label_names = unknown.n_rows, unknown.labels
+    if not checks.ok:
+        warnings.warn(checks.summary(), RuntimeWarning, stacklevel=2)
     c2i, c2t = defn.class_to_index(), defn.class_to_task()
     target = table["label"].map(c2i).fillna(-1).astype("int64")
     task = table["label"].map(c2t).fillna(-1).astype("int64")
@@ -493,6 +514,7 @@ def continual_vs(
     role = np.where(is_task & (table["split"] == "train"), _ROLE_TRAIN,
                     np.where(is_task & (table["split"] == "test"), _ROLE_RETRIEVAL,
                              np.where(~is_task & (table["split"] == "train"), _ROLE_POOL, "")))
+    role = np.where(checks.keep & ~unknown.mask, role, "")
     rows = pd.DataFrame({
         "clip_id": table["row"].to_numpy(np.int64), "split": table["split"], "role": role,
         "task": np.where(is_task, task, -1), "target": np.where(is_task, target, -1), "label": table["label"],
@@ -501,9 +523,9 @@ def continual_vs(
     cfg = _config("continual_vs", root, defn, retrieval_clips_per_class=int(retrieval_clips_per_class), seed=int(seed), n_frames=int(n_frames),
                   image_size=int(image_size), target_length=int(target_length), num_mel_bins=int(num_mel_bins),
                   min_duration=float(min_duration), on_error=on_error, missing=missing, scan=bool(scan),
-                  prepared=prepared)
+                  prepared=prepared, allow_outside_root=bool(allow_outside_root))
     return _build(rows, stems, defn, cfg, f"VGGSound table {csv_path}", scan_workers, audio_dtype, video_backend,
-                  video_dir)
+                  video_dir, data_report=DataReport(**checks.counts()))
 
 
 # --------------------------------------------------------------------------- Continual-AS
@@ -582,6 +604,7 @@ def continual_as(
     video_dir: Optional[PathLike] = None,
     audio_dtype: torch.dtype = torch.float16,
     video_backend: str = "auto",
+    allow_outside_root: bool = False,
 ) -> RealAVBenchmark:
     """Continual-AS: AudioSet split into 7 tasks by ontology category (paper App. B).
 
@@ -645,14 +668,17 @@ def continual_as(
     parts.append(read_audioset_segments(eval_path, split="eval"))
     table = pd.concat(parts, ignore_index=True)
     table["row"] = np.arange(len(table), dtype=np.int64)
-    dup = table.duplicated(subset=["ytid", "start_seconds"], keep="first")
-    if dup.any():
-        warnings.warn(f"{int(dup.sum())} AudioSet segments appear in several tables; the first occurrence is kept "
-                      f"(e.g. {table.loc[dup, 'ytid'].iloc[0]})", RuntimeWarning, stacklevel=2)
+    checks = check_clip_rows(table, ["ytid", "start_seconds"], audioset_clip_names(table, name_formats[0]),
+                             eval_split="eval", label_col="positive_labels",
+                             source=f"AudioSet tables {[p.name for p in [*train_paths, eval_path]]}")
+    unknown = find_unknown_labels(table["labels"], [*onto_df["mid"], *onto_df["display_name"]])
+    checks.unknown_labels, checks.unknown_label_names = unknown.n_rows, unknown.labels
+    if not checks.ok:
+        warnings.warn(checks.summary(), RuntimeWarning, stacklevel=2)
 
     n_touch, task, target, pairs = _as_membership(table, defn, onto_df)
     is_train = (table["split"] == "train").to_numpy()
-    valid = ~dup.to_numpy()
+    valid = checks.keep & ~unknown.mask
     classed = (n_touch == 1) & (target >= 0) & valid
     unclassed = (n_touch == 1) & (target < 0) & valid
     in_task = classed | (unclassed & include_unclassed)
@@ -676,7 +702,8 @@ def continual_as(
                   retrieval_clips_per_class=int(retrieval_clips_per_class), seed=int(seed), n_frames=int(n_frames),
                   image_size=int(image_size), target_length=int(target_length), num_mel_bins=int(num_mel_bins),
                   min_duration=float(min_duration), on_error=on_error, missing=missing, scan=bool(scan),
-                  prepared=prepared)
+                  prepared=prepared, allow_outside_root=bool(allow_outside_root))
     return _build(rows, stems, defn, cfg, f"AudioSet tables {[p.name for p in train_paths]} + {eval_path.name}",
-                  scan_workers, audio_dtype, video_backend, video_dir, extra_task_stats=extra)
+                  scan_workers, audio_dtype, video_backend, video_dir, extra_task_stats=extra,
+                  data_report=DataReport(**checks.counts()))
 
