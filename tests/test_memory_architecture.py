@@ -267,3 +267,11 @@ def test_online_memory_base_is_the_common_parent():
     for cls in (OnlineReplayPlugin, DERPlugin, StellaPlugin):
         assert issubclass(cls, OnlineMemoryPlugin)
     assert StellaPlugin.exclusive and not DERPlugin.exclusive
+
+
+def test_a_stella_memory_does_not_load_into_a_stella_plus_buffer(tiny_stream):
+    stella = StellaPlugin(mem_size=4)
+    make_strategy([stella], mb=4).train(tiny_stream.train_stream[0])
+    plus = StellaPlugin(mem_size=4, store_patches=True)
+    with pytest.raises(ValueError, match="different method or mode"):
+        plus.storage.load_state_dict(stella.storage.state_dict())

@@ -398,6 +398,18 @@ class OnlineReservoirBuffer(ExemplarsBuffer):
         return {"store": self.store.state_dict(), "generator": self.generator.get_state(), "max_size": self.max_size}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`.
+
+        Raises:
+            ValueError: the saved memory holds other fields than this buffer stores (e.g. a
+                STELLA memory loaded into a STELLA+ buffer).
+        """
+        saved = set(state["store"]["fields"])
+        if saved and saved != set(self.store.dtypes):
+            raise ValueError(
+                f"{type(self).__name__}: the saved memory holds fields {sorted(saved)}, this buffer stores "
+                f"{sorted(self.store.dtypes)}; it was saved by a different method or mode"
+            )
         self.store.load_state_dict(state["store"])
         self.generator.set_state(state["generator"])
         self.max_size = int(state["max_size"])
