@@ -79,3 +79,31 @@ def test_load_time_failures_are_counted_by_category(fake_vs):
     _quiet(lambda: [ds[i] for i in range(len(ds))])
     rep = bm.load_time_report()
     assert rep.bad == {"unreadable": 1, "no_audio": 1, "too_short": 1} and rep.replaced == 3
+
+
+def test_validation_split_is_carved_from_training_clips_and_never_touches_retrieval():
+    from avalanche_av.benchmarks import sounding_objects
+
+    kw = dict(seed=0, n_tasks=2, classes_per_task=2, train_clips_per_class=8, eval_clips_per_class=4)
+    plain = sounding_objects(**kw)
+    bench = sounding_objects(validation_clips_per_class=3, **kw)
+
+    def ids(ds):
+        return {int(ds[i][3]) for i in range(len(ds))}
+
+    for t in range(2):
+        train, val = ids(bench.train_stream[t].dataset), ids(bench.validation_stream[t].dataset)
+        retrieval = ids(bench.test_stream[t].dataset)
+        assert len(val) == 3 * 2 and len(train) == 5 * 2
+        assert not (val & retrieval) and not (val & train) and not (train & retrieval)
+        assert val | train == ids(plain.train_stream[t].dataset)  # carved out of the training clips
+        assert retrieval == ids(plain.test_stream[t].dataset)  # retrieval set unchanged
+        # 3 validation clips of each class
+        targets = [int(bench.validation_stream[t].dataset[i][2]) for i in range(6)]
+        assert sorted(targets.count(c) for c in set(targets)) == [3, 3]
+    import pytest
+
+    with pytest.raises(ValueError, match="validation_clips_per_class"):
+        sounding_objects(validation_clips_per_class=8, **kw)
+    with pytest.raises(ValueError, match="no validation split"):
+        plain.validation_stream

@@ -137,6 +137,10 @@ class AVBenchmark:
             ``None`` on real data.
         decoders: the datasets that decode clips from files (empty for in-memory data);
             :meth:`load_time_report` reads their counters.
+        validation_sets: per-task validation datasets carved from the **training** clips (empty
+            unless the builder was asked for them). Settings are chosen on these, never on the
+            retrieval sets; :attr:`validation_stream` wraps them as Avalanche experiences.
+        validation_scenario: the Avalanche benchmark whose ``test_stream`` holds them.
     """
 
     scenario: CLScenario
@@ -150,6 +154,19 @@ class AVBenchmark:
     sounding_masks: Optional[torch.Tensor] = None
     active_frames: Optional[torch.Tensor] = None
     decoders: list["AVClipDataset"] = field(default_factory=list)
+    validation_sets: list[Any] = field(default_factory=list)
+    validation_scenario: Optional[CLScenario] = None
+
+    @property
+    def validation_stream(self):
+        """One experience per task holding its validation clips (carved from training clips).
+
+        Raises:
+            ValueError: the benchmark was built without a validation split.
+        """
+        if self.validation_scenario is None:
+            raise ValueError("this benchmark has no validation split; build it with validation_clips_per_class > 0")
+        return self.validation_scenario.test_stream
 
     @property
     def train_stream(self):

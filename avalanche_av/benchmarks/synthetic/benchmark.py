@@ -18,7 +18,7 @@ from avalanche.benchmarks.utils import (
     TaskLabels,
 )
 from avalanche.benchmarks.utils.flat_data import ConstantSequence
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..base import DataReport, SyntheticAVBenchmark
 from .config import SoundingObjectsConfig
@@ -305,6 +305,7 @@ def sounding_objects(
     root: str | os.PathLike | None = None,
     overwrite: bool = False,
     chunk_size: int = 32,
+    validation_clips_per_class: int = 0,
     **overrides: Any,
 ) -> SyntheticAVBenchmark:
     """The built-in synthetic continual audio-video stream ("sounding objects").
@@ -329,6 +330,11 @@ def sounding_objects(
             written.
         overwrite: disk mode, replace a stream written with another config.
         chunk_size: clips rendered together.
+        validation_clips_per_class: carve this many clips per class out of each task's
+            **training** clips into a validation set (``validation_sets`` /
+            ``validation_stream``); they are then not trained on. The retrieval sets are
+            untouched, and the generated clips are the same as without the split. Use it to
+            choose settings without looking at the retrieval clips.
 
     Returns:
         A :class:`~avalanche_av.benchmarks.base.SyntheticAVBenchmark`: ``scenario`` is the
@@ -394,13 +400,34 @@ def sounding_objects(
     cpt, ntr = cfg.clips_per_task, cfg.classes_per_task * cfg.train_clips_per_class
     targets = scenes.target.tolist()
     train_sets, eval_sets, decoders = [], [], []
+    v = validation_clips_per_class
+    if not isinstance(v, int) or v < 0 or v >= cfg.train_clips_per_class:
+        raise ValueError(
+            f"validation_clips_per_class must be an int in [0, train_clips_per_class={cfg.train_clips_per_class}), got {v!r}"
+        )
+    val_sets = []
     for t in range(cfg.n_tasks):
         lo, mid, hi = t * cpt, t * cpt + ntr, (t + 1) * cpt
         train_ds, eval_ds = make(lo, mid), make(mid, hi)
         if manifest_path is not None:
             decoders += [train_ds, eval_ds]
-        train_sets.append(as_avalanche_dataset(train_ds, targets[lo:mid], t))
+        if v:
+            # The last v training clips of every class (in clip order) become validation clips.
+            block = torch.tensor(targets[lo:mid])
+            rank = torch.zeros_like(block)
+            for c in block.unique().tolist():
+                where = torch.nonzero(block == c).squeeze(1)
+                rank[where] = torch.arange(where.numel() - 1, -1, -1)
+            val_rows = torch.nonzero(rank < v).squeeze(1).tolist()
+            tr_rows = torch.nonzero(rank >= v).squeeze(1).tolist()
+            val_sets.append(as_avalanche_dataset(Subset(train_ds, val_rows), [targets[lo + i] for i in val_rows], t))
+            train_sets.append(as_avalanche_dataset(Subset(train_ds, tr_rows), [targets[lo + i] for i in tr_rows], t))
+        else:
+            train_sets.append(as_avalanche_dataset(train_ds, targets[lo:mid], t))
         eval_sets.append(as_avalanche_dataset(eval_ds, targets[mid:hi], t))
+    val_scenario = (
+        with_task_labels(benchmark_from_datasets(train=val_sets, test=val_sets)) if val_sets else None
+    )
     names = data.classes.names
     return SyntheticAVBenchmark(
         scenario=with_task_labels(benchmark_from_datasets(train=train_sets, test=eval_sets)),
@@ -422,4 +449,6 @@ def sounding_objects(
         scenes=scenes,
         root=Path(root) if root is not None else None,
         manifest_path=manifest_path,
+        validation_sets=val_sets,
+        validation_scenario=val_scenario,
     )
