@@ -11,6 +11,8 @@ from avalanche.training.plugins import EvaluationPlugin
 
 from avalanche_av.evaluation import (
     LocalizationMetrics,
+    cosine_from_tokens,
+    intensity_map,
     RetrievalMetrics,
     cosine_importance,
     cosine_map,
@@ -150,6 +152,29 @@ def test_cosine_map_of_a_planted_embedding_peaks_on_the_planted_patch():
     assert imp.argmax(dim=1).tolist() == planted.tolist()
 
 
+def test_audio_swap_moves_an_audio_driven_map_off_the_planted_patch():
+    # Clip 0's audio points along e0 and its sounding patch 3 too; clip 1's along e1, patch 9.
+    d = 8
+    e = torch.eye(d)
+    tok_a = torch.stack([e[0].expand(4, d), e[1].expand(4, d)])
+    tok_v = torch.full((2, 12, d), 0.1)
+    tok_v[0, 3], tok_v[1, 9] = e[0], e[1]
+    own = cosine_from_tokens(tok_a, tok_v)
+    swapped = cosine_from_tokens(tok_a, tok_v, audio_perm=torch.tensor([1, 0]))
+    gt = torch.zeros(2, 12, dtype=torch.bool)
+    gt[0, 3], gt[1, 9] = True, True
+    assert localization_score(own, gt).auc == pytest.approx(1.0)
+    assert localization_score(swapped, gt).auc < 0.5  # the other clip's audio looks elsewhere
+
+
+def test_intensity_map_peaks_on_the_bright_patch():
+    video = torch.zeros(1, 2, 3, 32, 32, dtype=torch.uint8)
+    video[0, 1, :, 16:, :16] = 255  # frame 1, patch row 1, col 0 -> index 4 + 2 = 6
+    m = intensity_map(video, 16)
+    assert m.shape == (1, 8) and m.sum().item() == pytest.approx(1.0)
+    assert m.argmax().item() == 6
+
+
 def test_unimodal_tokens_pool_to_the_retrieval_embeddings():
     from avalanche_av.models import create_model
     from avalanche_av.models.inputs import prepare_audio, prepare_video
@@ -267,11 +292,16 @@ def test_localization_and_training_metrics_in_a_real_run(tiny_stream, method):
     last = strategy.evaluator.get_last_metrics()
     mem = strategy.plugins[0]
     assert last["Train_MemoryFill/train_phase/train_stream/Task001"] == pytest.approx(len(mem.storage) / mem.mem_size)
+    assert np.isfinite(loc.matrix("cosine", "share_swap")).all()
+    # the intensity reference uses neither audio nor weights: the same after every task
+    inten = loc.matrix("intensity", "share")
+    np.testing.assert_allclose(inten[0], inten[1], rtol=1e-6)
     if method == "stella":
         assert np.isfinite(loc.matrix("avm", "auc")).all()
+        assert np.isfinite(loc.matrix("avm", "auc_swap")).all()
         assert 0 <= last["Train_AVM_Acc/train_phase/train_stream/Task001"] <= 1
         assert 0 <= last["Train_Loc_Share/train_phase/train_stream/Task001"] <= 1
-        assert set(maps) == {"cosine", "avm"}
+        assert set(maps) == {"cosine", "avm", "intensity"}
     else:
         assert np.isnan(loc.matrix("avm", "share")).all()
         assert not any(k.startswith("Train_AVM") for k in last)

@@ -8,6 +8,8 @@ patches (``Nv = n_frames * gh * gw``, the order of :func:`~avalanche_av.models.p
 * **Audio-to-video cosine maps** (every method, paper Fig. 7 (b)-(c)): :func:`cosine_map` is the
   cosine between a clip's pooled audio retrieval embedding and each of its video patch tokens
   (:func:`unimodal_tokens`), and :func:`cosine_importance` turns it into a map that sums to 1.
+  :func:`cosine_from_tokens` takes an audio permutation for the audio-swap control.
+* **Pixel intensity** (a reference without audio or model): :func:`intensity_map`.
 
 Scores against ground truth (the synthetic stream has sounding masks; :func:`sounding_patches`):
 
@@ -39,6 +41,7 @@ from torch import Tensor
 
 from ..models.avm import AVMatching, derangement, importance
 from ..models.inputs import prepare_audio, prepare_video
+from ..models.patching import patchify_video
 from .functional import forgetting
 
 __all__ = [
@@ -52,6 +55,8 @@ __all__ = [
     "cosine_map",
     "cosine_importance",
     "map_to_importance",
+    "cosine_from_tokens",
+    "intensity_map",
     "video_maps",
     "localization_auc",
     "auc_rows",
@@ -285,8 +290,43 @@ def cosine_map(model, audio: Tensor, video: Tensor) -> Tensor:
         ``(B, Nv)`` float32 cosines in ``[-1, 1]``.
     """
     tok_a, tok_v = unimodal_tokens(model, audio, video)
+    return cosine_from_tokens(tok_a, tok_v)
+
+
+def cosine_from_tokens(tok_a: Tensor, tok_v: Tensor, audio_perm: Optional[Tensor] = None) -> Tensor:
+    """Cosine between each clip's pooled audio embedding and each of its video tokens.
+
+    Args:
+        tok_a: ``(B, Na, D)`` and tok_v: ``(B, Nv, D)`` from :func:`unimodal_tokens`.
+        audio_perm: optional ``(B,)``: row ``i`` uses the audio of clip ``audio_perm[i]`` (the
+            audio-swap control of :class:`~avalanche_av.evaluation.LocalizationMetrics`).
+
+    Returns:
+        ``(B, Nv)`` float32 in ``[-1, 1]``.
+    """
     emb_a = F.normalize(tok_a.float().mean(dim=1), dim=-1)
+    if audio_perm is not None:
+        emb_a = emb_a[audio_perm.to(emb_a.device)]
     return torch.einsum("bd,bnd->bn", emb_a, F.normalize(tok_v.float(), dim=-1))
+
+
+def intensity_map(video: Tensor, patch_size: int) -> Tensor:
+    """A vision-only reference map: each video patch's mean pixel intensity, normalised per clip.
+
+    It uses no audio and no model. On the synthetic stream the sound source is bright in the
+    frames where it sounds, so this map shows how far plain visual saliency gets against the
+    ground truth. An audio-driven map should be judged against it and against its own
+    audio-swapped version.
+
+    Args:
+        video: ``(B, n, 3, H, W)`` uint8 or [0, 1] float. patch_size: the model's ``p``.
+
+    Returns:
+        ``(B, n * H/p * W/p)`` float32, rows sum to 1.
+    """
+    x = video.float() / 255.0 if video.dtype == torch.uint8 else video.float()
+    m = patchify_video(x, patch_size).mean(dim=-1)
+    return m / m.sum(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 def map_to_importance(scores: Tensor, temperature: float) -> Tensor:

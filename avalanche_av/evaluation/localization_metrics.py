@@ -8,11 +8,21 @@ per map and statistic, like the retrieval accuracy matrix:
   the softmax over patches of the cosine between the clip's pooled audio embedding and each
   video patch token (paper Fig. 7 (b)-(c));
 * ``"avm"`` (STELLA): the AVM's video importance (paper Eq. 2), from the AVM of the first
-  plugin that has one (``plugin.avm``) or the one given.
+  plugin that has one (``plugin.avm``) or the one given;
+* ``"intensity"`` (reference, no audio, no model):
+  :func:`~avalanche_av.evaluation.localization.intensity_map`, each patch's mean pixel
+  intensity. On the synthetic stream the source is bright while it sounds, so this is what plain
+  visual saliency scores.
+
+**Audio-swap control** (``audio_swap=True``): each map that uses audio is also computed with the
+audio of another clip of the same batch (a fixed derangement), scored against the video's own
+ground truth (``share_swap``, ``auc_swap``). A map that follows the sound loses localization when
+the audio is swapped; a map driven by visual saliency alone does not. So ``share - share_swap``
+is the part of the localization the audio accounts for.
 
 Statistics per task (means over its clips): ``share`` (on the sounding patches), ``lift``
-(share over chance), ``auc`` (rank AUC, chance 0.5) and the chance level ``chance`` (a uniform
-map's share). After each row: ``A`` (mean over the tasks trained so far) and ``F`` (textbook
+(share over chance), ``auc`` (rank AUC, chance 0.5), the chance level ``chance`` (a uniform
+map's share), and ``share_swap`` / ``auc_swap`` of the audio-swap control. After each row: ``A`` (mean over the tasks trained so far) and ``F`` (textbook
 forgetting, :func:`~avalanche_av.evaluation.localization.localization_forgetting`) of ``share``
 and ``auc``.
 
@@ -22,13 +32,15 @@ an eval inside a training experience (periodic eval) writes no row, its values a
 emitted. (Unlike :class:`~avalanche_av.evaluation.RetrievalMetrics`, a periodic eval after the
 last epoch is not promoted to a row: the main job evaluates after each ``train()`` call.)
 
-Cost: one extra unmasked unimodal pass over each evaluated batch (and one joint pass plus the
-AVM for ``"avm"``), under ``no_grad`` and the strategy's autocast. Batches are read from
+Cost: one extra unmasked unimodal pass over each evaluated batch (and two joint passes plus the
+AVM for ``"avm"``, one for the swap control), under ``no_grad`` and the strategy's autocast. Batches are read from
 ``strategy.mb_audio_raw`` / ``mb_video_raw`` and ``mb_clip_id``.
 
-Names: ``Localization_cosine_Share/eval_phase/test_stream/Task002`` (per task),
+Names: ``Localization_cosine_Share/eval_phase/test_stream/Task002`` (per task; also ``_Lift``,
+``_AUC``, ``_ShareSwap``, ``_AUCSwap`` and the ``avm_`` / ``intensity_`` versions),
 ``Localization_cosine_Share/eval_phase/test_stream`` (mean over the evaluated tasks),
-``Localization_Chance/...``, ``Localization_cosine_A_Share`` and ``Localization_cosine_F_Share``.
+``Localization_Chance/...``, ``Localization_cosine_A_Share`` and ``Localization_cosine_F_Share``
+(also for AUC and ShareSwap).
 """
 from __future__ import annotations
 
@@ -42,17 +54,27 @@ from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
 from torch import Tensor
 
-from ..models.avm import importance
-from ..models.inputs import prepare_audio, prepare_video
+from ..models.avm import derangement
 from .functional import average_accuracy
-from .localization import auc_rows, cosine_map, localization_forgetting, map_to_importance, sounding_patches
+from .localization import (
+    auc_rows,
+    avm_importance,
+    cosine_from_tokens,
+    intensity_map,
+    localization_forgetting,
+    map_to_importance,
+    sounding_patches,
+    unimodal_tokens,
+)
 
 __all__ = ["LocalizationMetrics", "MAPS", "STATS"]
 
 #: Map kinds.
-MAPS = ("cosine", "avm")
+MAPS = ("cosine", "avm", "intensity")
 #: Per-task statistics kept in the matrices.
-STATS = ("share", "lift", "auc", "chance")
+STATS = ("share", "lift", "auc", "chance", "share_swap", "auc_swap")
+#: Metric-name tags of the statistics.
+_TAGS = {"share": "Share", "lift": "Lift", "auc": "AUC", "share_swap": "ShareSwap", "auc_swap": "AUCSwap"}
 _INIT = "init"
 
 
@@ -75,6 +97,8 @@ class LocalizationMetrics(PluginMetric[Dict[str, float]]):
         temperature: softmax temperature of the cosine map; default the model's τ.
         beta: the AVM importance temperature β (paper: 0.4).
         avm: the AVM module to use; default ``plugin.avm`` of the first plugin that has one.
+        audio_swap: also score the maps with another clip's audio (the control above).
+        swap_seed: seed of the derangements (the same ones at every eval).
         track_clips: clip ids whose maps are kept at every row (for attention figures over
             the stream); see :meth:`tracked_maps`.
         n_tasks: matrix columns, if known.
@@ -89,6 +113,8 @@ class LocalizationMetrics(PluginMetric[Dict[str, float]]):
         temperature: Optional[float] = None,
         beta: float = 0.4,
         avm: Optional[torch.nn.Module] = None,
+        audio_swap: bool = True,
+        swap_seed: int = 0,
         track_clips: Sequence[int] = (),
         n_tasks: Optional[int] = None,
         name: str = "Localization",
@@ -106,6 +132,9 @@ class LocalizationMetrics(PluginMetric[Dict[str, float]]):
         self.temperature = temperature
         self.beta = beta
         self.avm = avm
+        self.audio_swap = bool(audio_swap)
+        self.swap_seed = int(swap_seed)
+        self._gen = torch.Generator().manual_seed(self.swap_seed)
         self.track_clips = {int(c) for c in track_clips}
         self.n_tasks = n_tasks
         self.name = name
@@ -155,6 +184,7 @@ class LocalizationMetrics(PluginMetric[Dict[str, float]]):
     def before_eval(self, strategy: Any) -> None:
         self._buf = {}
         self._tracked_now = {}
+        self._gen = torch.Generator().manual_seed(self.swap_seed)  # same derangements at every eval
 
     def _find_avm(self, strategy: Any) -> Optional[torch.nn.Module]:
         if self.avm is not None:
@@ -175,29 +205,40 @@ class LocalizationMetrics(PluginMetric[Dict[str, float]]):
         gt = self._gt[ids]
         model = strategy.model
         audio, video = strategy.mb_audio_raw, strategy.mb_video_raw
+        n = audio.shape[0]
+        perm = derangement(n, self._gen).to(audio.device) if self.audio_swap and n >= 2 else None
         auto = strategy.autocast() if hasattr(strategy, "autocast") else contextlib.nullcontext()
         maps: Dict[str, Tensor] = {}
+        swaps: Dict[str, Tensor] = {}
         with auto:
             if "cosine" in self.maps:
                 tau = float(model.config.temperature) if self.temperature is None else self.temperature
-                maps["cosine"] = map_to_importance(cosine_map(model, audio, video), tau)
+                tok_a, tok_v = unimodal_tokens(model, audio, video)
+                maps["cosine"] = map_to_importance(cosine_from_tokens(tok_a, tok_v), tau)
+                if perm is not None:
+                    swaps["cosine"] = map_to_importance(cosine_from_tokens(tok_a, tok_v, perm), tau)
             avm = self._find_avm(strategy) if "avm" in self.maps else None
             if avm is not None:
-                fa, fv = model.forward_joint(prepare_audio(audio), prepare_video(video))
-                maps["avm"] = importance(avm(fa, fv, return_attn=True).attn_logits_av, self.beta)
+                maps["avm"] = avm_importance(model, avm, audio, video, self.beta)[1]
+                if perm is not None:
+                    swaps["avm"] = avm_importance(model, avm, audio[perm], video, self.beta)[1]
+            if "intensity" in self.maps:
+                maps["intensity"] = intensity_map(video, model.config.patch_size)
         task = int(strategy.experience.current_experience)
         buf = self._buf.setdefault(_stream_name(strategy.experience), {}).setdefault(task, {})
         g = gt.float()
         keep = gt.any(dim=1)
         buf.setdefault("chance", []).append((g.sum(1) / g.shape[1])[keep])
-        for kind, imp in maps.items():
+        for kind, imp, suffix in [*((k, m, "") for k, m in maps.items()), *((k, m, "_swap") for k, m in swaps.items())]:
             imp = imp.float().cpu()
             if imp.shape != gt.shape:
                 raise ValueError(f"LocalizationMetrics: the {kind} map has {imp.shape[1]} patches, the sounding "
                                  f"masks {gt.shape[1]}; build the masks for this model's input shape")
             share = (imp * g).sum(1) / imp.sum(1).clamp_min(1e-12)
-            buf.setdefault(f"{kind}/share", []).append(share[keep])
-            buf.setdefault(f"{kind}/auc", []).append(auc_rows(imp, gt)[keep])
+            buf.setdefault(f"{kind}/share{suffix}", []).append(share[keep])
+            buf.setdefault(f"{kind}/auc{suffix}", []).append(auc_rows(imp, gt)[keep])
+            if suffix:
+                continue
             for row, cid in enumerate(ids.tolist()):
                 if cid in self.track_clips:
                     self._tracked_now.setdefault(cid, {})[kind] = imp[row].tolist()
@@ -234,13 +275,16 @@ class LocalizationMetrics(PluginMetric[Dict[str, float]]):
             for kind in MAPS:
                 if f"{kind}/share" not in parts:
                     continue
-                share = float(torch.cat(parts[f"{kind}/share"]).mean())
-                auc = torch.cat(parts[f"{kind}/auc"])
-                auc = auc[~torch.isnan(auc)]
                 stats = out.setdefault(kind, {})
-                stats.setdefault("share", {})[task] = share
-                stats.setdefault("lift", {})[task] = share / chance
-                stats.setdefault("auc", {})[task] = float(auc.mean()) if auc.numel() else float("nan")
+                for suffix in ("", "_swap"):
+                    if f"{kind}/share{suffix}" not in parts:
+                        continue
+                    share = float(torch.cat(parts[f"{kind}/share{suffix}"]).mean())
+                    auc = torch.cat(parts[f"{kind}/auc{suffix}"])
+                    auc = auc[~torch.isnan(auc)]
+                    stats.setdefault(f"share{suffix}", {})[task] = share
+                    stats.setdefault(f"auc{suffix}", {})[task] = float(auc.mean()) if auc.numel() else float("nan")
+                stats.setdefault("lift", {})[task] = stats["share"][task] / chance
         return out
 
     def _values(self, stream: str, scores: Dict[str, Dict[str, Dict[int, float]]], row: Optional[str],
@@ -256,14 +300,14 @@ class LocalizationMetrics(PluginMetric[Dict[str, float]]):
 
         for kind, stats in scores.items():
             for stat, by_task in stats.items():
-                metric = "Chance" if kind == "chance" else f"{kind}_{stat.capitalize() if stat != 'auc' else 'AUC'}"
+                metric = "Chance" if kind == "chance" else f"{kind}_{_TAGS[stat]}"
                 for t, v in by_task.items():
                     emit(metric, v, t)
                 if by_task:
                     emit(metric, float(np.mean(list(by_task.values()))))
         if row is not None and row != _INIT:
             for kind in self.maps:
-                for stat, tag in (("share", "Share"), ("auc", "AUC")):
+                for stat, tag in (("share", "Share"), ("auc", "AUC"), ("share_swap", "ShareSwap")):
                     m = self.matrix(kind, stat, stream)
                     if m.size == 0 or np.all(np.isnan(m)):
                         continue
@@ -337,16 +381,18 @@ class LocalizationMetrics(PluginMetric[Dict[str, float]]):
         for stream in self._rows:
             block: Dict[str, Any] = {"chance": [[_none_if_nan(x) for x in r] for r in self.matrix("cosine", "chance", stream)]}
             for kind in self.maps:
-                mats = {stat: self.matrix(kind, stat, stream) for stat in ("share", "lift", "auc")}
+                mats = {stat: self.matrix(kind, stat, stream) for stat in STATS if stat != "chance"}
                 if all(np.all(np.isnan(m)) for m in mats.values()):
                     continue
-                block[kind] = {
+                entry: Dict[str, Any] = {
                     "matrices": {s: [[_none_if_nan(x) for x in r] for r in m] for s, m in mats.items()},
-                    "A_share": _none_if_nan(average_accuracy(mats["share"])) if mats["share"].size else None,
-                    "F_share": _none_if_nan(localization_forgetting(mats["share"])),
-                    "A_auc": _none_if_nan(average_accuracy(mats["auc"])) if mats["auc"].size else None,
-                    "F_auc": _none_if_nan(localization_forgetting(mats["auc"])),
                 }
+                for stat in ("share", "auc", "share_swap", "auc_swap"):
+                    m = mats[stat]
+                    ok = m.size and not np.all(np.isnan(m))
+                    entry[f"A_{stat}"] = _none_if_nan(average_accuracy(m)) if ok else None
+                    entry[f"F_{stat}"] = _none_if_nan(localization_forgetting(m)) if ok else None
+                block[kind] = entry
             init = self._rows[stream].get(_INIT)
             block["init"] = init
             streams[stream] = block
