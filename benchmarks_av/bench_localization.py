@@ -85,6 +85,9 @@ def run_one(method: str, seed: int, args: argparse.Namespace, out: Path, draw: b
         plugins=make_plugins(method, mem_size=args.mem_size, batch_size=args.batch_size),
         evaluator=EvaluationPlugin(retrieval, loc, *diags, loggers=[]),
     )
+    # Before any training: the init row. Untrained maps are not at chance (random features
+    # respond to the bright source), so the trained maps are read against this row too.
+    strategy.eval(bench.test_stream)
     t0 = time.time()
     for exp in bench.train_stream:
         strategy.train(exp)
@@ -114,13 +117,21 @@ def _matrix(rec: dict, kind: str, stat: str) -> np.ndarray:
     return np.array([[np.nan if x is None else x for x in r] for r in block[kind]["matrices"][stat]], dtype=float)
 
 
+def _init(rec: dict, kind: str, stat: str = "auc") -> float | None:
+    """Mean over tasks of ``stat`` of map ``kind`` in the eval before training (``None`` if absent)."""
+    init = next(iter(rec["localization"]["streams"].values())).get("init") or {}
+    vals = list(init.get(kind, {}).get(stat, {}).values())
+    return float(np.mean(vals)) if vals else None
+
+
 def _write_outputs(records: list[dict], methods: list[str], out: Path, header: str) -> None:
     from avalanche_av.evaluation import plot_metric_curves, plot_modality_gap
     from avalanche_av.evaluation.functional import average_accuracy, forgetting
 
     rows = ["| method | seeds | chance | cosine share A (swap) | cosine AUC A (swap) | cosine share F | "
-            "AVM share A (swap) | AVM AUC A (swap) | AVM share F | intensity share A / AUC A |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "AVM share A (swap) | AVM AUC A (swap) | AVM share F | AUC before training (cosine / AVM) | "
+            "intensity share A / AUC A |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     curves: dict[str, list[float]] = {}
     gaps = {}
 
@@ -144,7 +155,8 @@ def _write_outputs(records: list[dict], methods: list[str], out: Path, header: s
 
         rows.append(f"| {m} | {len(recs)} | {_mean_std(chance)} | {pair('cosine', 'share')} | {pair('cosine', 'auc')} | "
                     f"{_mean_std(col(recs, 'cosine', 'share', 'F'))} | {pair('avm', 'share')} | {pair('avm', 'auc')} | "
-                    f"{_mean_std(col(recs, 'avm', 'share', 'F'))} | {_mean_std(col(recs, 'intensity', 'share'))} / "
+                    f"{_mean_std(col(recs, 'avm', 'share', 'F'))} | {_mean_std([_init(r, 'cosine') for r in recs])} / "
+                    f"{_mean_std([_init(r, 'avm') for r in recs])} | {_mean_std(col(recs, 'intensity', 'share'))} / "
                     f"{_mean_std(col(recs, 'intensity', 'auc'))} |")
         gaps[m] = np.stack([np.array(r["modality_gap"], dtype=float) for r in recs])
     note = ("A: mean over tasks after the last task; F: textbook forgetting of the localization matrix. "
