@@ -3,8 +3,9 @@
 ``avalanche-av run`` is the main job: continual pre-training on a stream (the built-in
 synthetic one by default), evaluated by zero-shot retrieval after each experience, ending with
 a results table. ``compare`` runs several strategies over several seeds; ``prepare`` decodes a
-folder of videos into a cache; ``stats`` prints the statistics of a real benchmark. The work
-itself lives in :mod:`avalanche_av.experiment` and the benchmark layer.
+folder of videos into a cache; ``stats`` prints the statistics of a real benchmark; ``attention``
+draws the attention maps of chosen clips from a run checkpoint. The work itself lives in
+:mod:`avalanche_av.experiment`, :mod:`avalanche_av.analysis` and the benchmark layer.
 
 Exit codes: 0 success; 2 a user error (bad flag, bad input file, refused resume), printed as
 one line ``avalanche-av: error: ...`` without a traceback; 130 interrupted (Ctrl-C).
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(c, d, out_default="av_runs/compare")
     _add_prepare_parser(sub)
     _add_stats_parser(sub)
+    _add_attention_parser(sub)
     return p
 
 
@@ -259,6 +261,42 @@ def _cmd_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- attention
+def _add_attention_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "attention", help="draw attention maps of chosen clips from a run checkpoint",
+        description="Rebuild a run's model (and STELLA's AVM) and benchmark from OUT/checkpoint.pt and draw, for "
+                    "each clip, the AVM importance (STELLA) and the audio-to-video cosine map over its frames, with "
+                    "the sounding source outlined where ground truth exists (docs/metrics.md, Localization).",
+    )
+    p.add_argument("--checkpoint", required=True, help="a run checkpoint (OUT/checkpoint.pt of `avalanche-av run`)")
+    p.add_argument("--clip", type=int, action="append", required=True, metavar="ID",
+                   help="clip id from the run's clip table (repeatable)")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default: CHECKPOINT's folder/attention)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ... (default %(default)s)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature of the cosine map (default the model's contrastive τ)")
+    return p
+
+
+def _cmd_attention(args: argparse.Namespace) -> int:
+    from .analysis import draw_attention
+    from .experiment import check_device, check_output_dir
+
+    check_device(args.device)
+    if args.out is not None:
+        check_output_dir(args.out, "--out")
+    if args.temperature is not None and not args.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
+    for rec in draw_attention(args.checkpoint, args.clip, out_dir=args.out, device=args.device,
+                              temperature=args.temperature):
+        scores = rec.get("scores", {})
+        text = "; ".join(f"{k}: share {v['share']:.3f} (chance {v['chance']:.3f}), AUC {v['auc']:.2f}"
+                         for k, v in scores.items())
+        print(f"clip {rec['clip_id']}: {rec['path']}" + (f"  [{text}]" if text else ""))
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 def _error_line(exc: BaseException) -> str:
     # One line whatever the message: multi-line messages are joined.
@@ -275,7 +313,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 stream.reconfigure(line_buffering=True)
             except (ValueError, OSError):  # pragma: no cover - e.g. a detached stream
                 pass
-    commands = {"run": _cmd_run, "compare": _cmd_compare, "prepare": _cmd_prepare, "stats": _cmd_stats}
+    commands = {"run": _cmd_run, "compare": _cmd_compare, "prepare": _cmd_prepare, "stats": _cmd_stats,
+                "attention": _cmd_attention}
     # Warning filters are ours to set only for the duration of our own command: importing the
     # package never touches the caller's filters.
     with warnings.catch_warnings():

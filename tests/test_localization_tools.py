@@ -352,3 +352,21 @@ def test_draw_attention_from_a_run_checkpoint(tiny_stream, tmp_path):
     assert set(rec["scores"]) == {"avm", "cosine"}
     with pytest.raises(ValueError, match="not a clip of this benchmark"):
         clip_batch(tiny_stream, [10_000])
+
+
+def test_cli_attention_draws_and_reports_user_errors(tiny_stream, tmp_path, capsys):
+    from avalanche_av.cli import main
+
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    _stella_checkpoint(tiny_stream, ckpt)
+    clip = int(tiny_stream.test_stream[0].dataset[1][3])
+    assert main(["attention", "--checkpoint", str(ckpt), "--clip", str(clip), "--out", str(tmp_path / "maps")]) == 0
+    out = capsys.readouterr().out
+    assert f"clip {clip}: {tmp_path / 'maps' / f'attention_clip{clip}.png'}" in out
+    assert "avm: share" in out and "cosine: share" in out
+    assert (tmp_path / "maps" / f"attention_clip{clip}.png").is_file()
+    assert main(["attention", "--checkpoint", str(ckpt), "--clip", "99999"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("avalanche-av: error: clip 99999 is not a clip of this benchmark") and err.count("\n") == 1
+    assert main(["attention", "--checkpoint", str(tmp_path / "nope.pt"), "--clip", "0"]) == 2
+    assert "does not exist" in capsys.readouterr().err
