@@ -227,25 +227,18 @@ def draw_tracked_attention(
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    per_row = {r: localization_metric.tracked_maps(r) for r in rows}
-    clip_ids = sorted({c for maps in per_row.values() for c in maps})
+    clip_ids = sorted({c for r in rows for c in localization_metric.tracked_maps(r)})
     if not clip_ids:
         return []
     _, video, gt = clip_batch(bench, clip_ids)
-    n_rows = localization_metric.n_trained
     paths = []
     for i, cid in enumerate(clip_ids):
-        panels: Dict[str, Tensor] = {}
-        for kind in _MAP_LABELS:  # one map's rows together, so its change over the stream reads down
-            for r, maps in per_row.items():
-                after = (r % n_rows) + 1 if n_rows else r
-                if kind in maps.get(cid, {}):
-                    panels[f"{_MAP_LABELS[kind]}\nafter task {after}"] = maps[cid][kind]
-        if not panels:
-            continue
         note = "; white: sounding source" if gt is not None else ""
         title = f"{_clip_title(bench, cid)}{', ' + label if label else ''}{note}"
-        fig = plot_attention_rows(video[i], panels, patch_size, title=title, gt_mask=None if gt is None else gt[i])
+        fig = localization_metric.plot_tracked(cid, video[i], None if gt is None else gt[i], rows=rows,
+                                               patch_size=patch_size, title=title)
+        if fig is None:
+            continue
         path = out / f"tracked_clip{cid}.png"
         fig.savefig(path, dpi=100)
         paths.append(path)

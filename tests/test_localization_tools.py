@@ -305,6 +305,12 @@ def test_localization_and_training_metrics_in_a_real_run(tiny_stream, method):
     else:
         assert np.isnan(loc.matrix("avm", "share")).all()
         assert not any(k.startswith("Train_AVM") for k in last)
+    frames = bench.test_stream[0].dataset[0][1]
+    fig = loc.plot_tracked(tracked, frames, rows=(0, -1))
+    n_rows = 5 if method == "stella" else 3  # (cosine, avm) x (after task 1, after task 2) + intensity once
+    assert len(fig.axes) == n_rows * frames.shape[0]
+    assert fig.axes[0].get_ylabel() == "audio→video cosine\nafter task 1"
+    assert loc.plot_tracked(10_000, frames) is None
     json.dumps(loc.to_dict())  # JSON-ready
     state = loc.state_dict()
     again = LocalizationMetrics(bench.sounding_masks, bench.active_frames)

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from avalanche.evaluation import PluginMetric
 from avalanche.evaluation.metric_results import MetricValue
+from matplotlib.figure import Figure
 from torch import Tensor
 
 from ..models.avm import derangement
@@ -63,6 +64,7 @@ from .localization import (
     intensity_map,
     localization_forgetting,
     map_to_importance,
+    plot_attention_rows,
     sounding_patches,
     unimodal_tokens,
 )
@@ -76,6 +78,8 @@ STATS = ("share", "lift", "auc", "chance", "share_swap", "auc_swap")
 #: Metric-name tags of the statistics.
 _TAGS = {"share": "Share", "lift": "Lift", "auc": "AUC", "share_swap": "ShareSwap", "auc_swap": "AUCSwap"}
 _INIT = "init"
+#: Row labels of the attention figures.
+_LABELS = {"avm": "AVM importance", "cosine": "audio→video cosine", "intensity": "pixel intensity"}
 
 
 def _stream_name(experience: Any) -> str:
@@ -374,6 +378,45 @@ class LocalizationMetrics(PluginMetric[Dict[str, float]]):
         else:
             key = str(row)
         return {int(c): {k: torch.tensor(v) for k, v in m.items()} for c, m in self._tracked.get(key, {}).items()}
+
+    def plot_tracked(
+        self, clip_id: int, frames: Tensor, gt_mask: Optional[Tensor] = None, rows: Sequence[Union[int, str]] = (0, -1),
+        patch_size: int = 16, title: Optional[str] = None,
+    ) -> Optional[Figure]:
+        """The kept maps of one tracked clip at chosen rows, one figure row per (map, row), grouped
+        by map so that a map's change over the stream reads down (paper Fig. 2, 7 and 14).
+
+        Args:
+            clip_id: a clip of ``track_clips``.
+            frames: ``(n, 3, H, W)`` its frames (uint8 or [0, 1] float).
+            gt_mask: optional ``(Nv,)`` bool sounding patches, outlined in white.
+            rows: rows (training experiences; negative from the last) or ``"init"``.
+            patch_size: the model's patch size. title: figure title.
+
+        Returns:
+            The figure, or ``None`` when nothing was kept for that clip at those rows.
+        """
+        per_row = {r: self.tracked_maps(r).get(int(clip_id), {}) for r in rows}
+        panels: Dict[str, Tensor] = {}
+        for kind in MAPS:
+            if kind == "intensity":  # the same at every row: shown once
+                first = next((m[kind] for m in per_row.values() if kind in m), None)
+                if first is not None:
+                    panels[_LABELS[kind]] = first
+                continue
+            for r, maps in per_row.items():
+                if kind in maps:
+                    after = "before training" if r == _INIT else f"after task {self._row_index(r) + 1}"
+                    panels[f"{_LABELS[kind]}\n{after}"] = maps[kind]
+        if not panels:
+            return None
+        return plot_attention_rows(frames, panels, patch_size, title=title, gt_mask=gt_mask)
+
+    def _row_index(self, row: Union[int, str]) -> int:
+        keys = sorted(int(k) for k in self._tracked if k != _INIT)
+        if isinstance(row, int) and row < 0 and keys:
+            return keys[-1] + 1 + row
+        return int(row)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready: per stream, per map, the matrices of every statistic, A and F."""
