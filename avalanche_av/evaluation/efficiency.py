@@ -32,6 +32,10 @@ Helpers: :func:`memory_bytes_per_sample` (plugins expose ``memory_bytes_per_samp
 :func:`raw_clip_bytes`, and :func:`set_fused_attention` / :func:`fused_attention`, which flip the
 timm-style ``fused_attn`` switches (the backbone's timm ``Attention`` blocks and the AVM) to
 measure the explicit attention kernel.
+
+Host syncs (where a step makes the host wait for the device): :class:`HostSyncCounter` and
+:class:`HostSyncPlugin`, from :mod:`avalanche_av.evaluation.host_sync`, count them on CPU by call
+site (``benchmarks_av/bench_host_syncs.py``).
 """
 from __future__ import annotations
 
@@ -71,6 +75,9 @@ __all__ = [
     "strategy_modules",
     "set_fused_attention",
     "fused_attention",
+    "HostSyncCounter",
+    "HostSyncPlugin",
+    "strategy_tensors",
 ]
 
 #: Ranges the ``AVPretraining`` template emits: the model's forward and the backward pass.
@@ -936,3 +943,7 @@ def fused_attention(modules: Union[torch.nn.Module, Iterable[torch.nn.Module]], 
     finally:
         for m, b in zip(switches, before):
             m.fused_attn = b
+
+
+# Re-exported here so that every efficiency meter is reachable from one module.
+from .host_sync import HostSyncCounter, HostSyncPlugin, strategy_tensors  # noqa: E402
