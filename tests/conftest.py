@@ -9,6 +9,16 @@ warnings.filterwarnings("ignore", message="No loggers specified")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(autouse=True)
+def _debug_checks_on():
+    """Validations that read tensor values (a host sync each on a GPU) are off by default for
+    speed; the tests run with them on (avalanche_av.models.debug)."""
+    from avalanche_av.models import debug_checks
+
+    with debug_checks(True):
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_stream():
     """2 tasks x 2 classes, 8 training and 4 retrieval clips per class, tiny-model shapes."""

@@ -1,6 +1,7 @@
 """Models: the CAV-MAE-family backbone, its presets and STELLA's AVM module."""
 from .av_mae import AVMAE, AVMAEConfig, AVMAEOutput, FusionBlock, info_nce
 from .avm import AVMatching, AVMOutput, avm_loss, derangement, importance, make_avm_pairs
+from .debug import debug_checks, debug_checks_enabled, set_debug_checks
 from .presets import PRESETS, create_model, get_config, list_presets
 
 __all__ = [
@@ -19,4 +20,7 @@ __all__ = [
     "create_model",
     "get_config",
     "list_presets",
+    "debug_checks",
+    "debug_checks_enabled",
+    "set_debug_checks",
 ]

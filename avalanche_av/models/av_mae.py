@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 
+from .debug import debug_checks_enabled
 from .patching import (
     gather_patches,
     patchify_audio,
@@ -479,6 +480,11 @@ class AVMAE(nn.Module):
 
         Visible tokens per modality: ``config.num_visible(N_full)``; must be ``< K`` so that at
         least one patch of the subset is reconstructed.
+
+        Index values are checked to lie in ``[0, N)`` only with the debug checks on
+        (:func:`avalanche_av.models.set_debug_checks`, ``AVALANCHE_AV_DEBUG_CHECKS=1``): the
+        check reads them on the host, a sync per step on a GPU. Shapes and dtypes are always
+        checked.
         """
         c = self.config
         b = audio_patches.shape[0]
@@ -540,10 +546,14 @@ class AVMAE(nn.Module):
 
     @staticmethod
     def _check_index_range(idx: torch.Tensor, n_full: int, name: str) -> None:
+        """Shape and dtype always; the value range only with the debug checks on
+        (:mod:`avalanche_av.models.debug`): reading ``min``/``max`` is a host sync per call."""
         if idx.dim() != 2 or idx.dtype != torch.long:
             raise ValueError(f"{name} indices must be a (B, K) int64 tensor, got {tuple(idx.shape)} {idx.dtype}")
-        if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_full):
-            raise ValueError(f"{name} indices must lie in [0, {n_full}), got [{int(idx.min())}, {int(idx.max())}]")
+        if idx.numel() and debug_checks_enabled():
+            lo, hi = torch.stack(torch.aminmax(idx)).tolist()  # one read for both ends
+            if lo < 0 or hi >= n_full:
+                raise ValueError(f"{name} indices must lie in [0, {n_full}), got [{lo}, {hi}]")
 
     @staticmethod
     def _split_visible(
