@@ -43,7 +43,6 @@ __all__ = [
     "run_experiment",
     "results_table",
     "build_benchmark",
-    "compare_strategies",
     "check_device",
     "check_resume_config",
     "ResumableCSVLogger",
@@ -327,8 +326,14 @@ def _loggers(cfg: RunConfig, out: Path, csv_sizes: Optional[dict[str, int]]) -> 
     return loggers
 
 
-def run_experiment(cfg: RunConfig) -> dict:
+def run_experiment(cfg: RunConfig, extra_plugins: Optional[list] = None) -> dict:
     """Run continual pre-training + retrieval evaluation; returns the ``results.json`` content.
+
+    Args:
+        cfg: the run's settings.
+        extra_plugins: plugins added after the strategy's own, e.g. the progress display of
+            ``compare``. They must keep no state a resumed run needs (they are not checkpointed
+            unless they define ``state_dict``, and then under their position in the list).
 
     Raises:
         ValueError: a bad setting (before any data is built), or ``cfg.resume`` with a
@@ -354,6 +359,7 @@ def run_experiment(cfg: RunConfig) -> dict:
     bench = build_benchmark(cfg)
     model = _model_for(cfg, bench)
     plugins = make_plugins(cfg.strategy, mem_size=cfg.mem_size, batch_size=cfg.batch_size, **cfg.strategy_options)
+    plugins += list(extra_plugins or [])
     loggers = _loggers(cfg, out, extra_in.get("csv_sizes") if saved is not None else None)
     csv_logger = next((lg for lg in loggers if isinstance(lg, ResumableCSVLogger)), None)
     evaluator = av_evaluator(loggers=loggers, ks=cfg.ks, n_tasks=bench.n_tasks)
@@ -466,32 +472,3 @@ def results_table(retrieval, ks=(1, 5, 10)) -> pd.DataFrame:
             row["F_paper"] = retrieval.summary_metric("F_paper", direction=d, k=k)
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-def compare_strategies(base: RunConfig, strategies: list[str], seeds: list[int], ks=(1, 5, 10)) -> pd.DataFrame:
-    """Run every strategy over every seed (same data, same settings) and aggregate A and F.
-
-    Each run writes into ``<base.out_dir>/<strategy>/seed<k>``. Returns one row per strategy with
-    the mean and std over seeds of A, F and F_paper for every R@K and direction; also written to
-    ``<base.out_dir>/compare.csv``.
-    """
-    records = []
-    for strategy in strategies:
-        for seed in seeds:
-            cfg = dataclasses.replace(base, strategy=strategy, seed=seed,
-                                      out_dir=str(Path(base.out_dir) / strategy.replace("+", "plus") / f"seed{seed}"))
-            summary = run_experiment(cfg)
-            for _, row in summary["table"].iterrows():
-                for which in ("A", "F", "F_paper"):
-                    records.append({"strategy": strategy, "seed": seed, "metric": f"{which} {row['metric']}",
-                                    "value": row[which]})
-    df = pd.DataFrame(records)
-    agg = df.groupby(["strategy", "metric"], sort=False)["value"].agg(["mean", "std", "count"]).reset_index()
-    wide = agg.pivot(index="strategy", columns="metric", values="mean").reindex(strategies)
-    std = agg.pivot(index="strategy", columns="metric", values="std").reindex(strategies)
-    out = Path(base.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    agg.to_csv(out / "compare.csv", index=False)
-    table = wide.round(3).astype(str) + " ± " + std.fillna(0).round(3).astype(str)
-    cols = [c for k in ks for c in (f"A R@{k} a2v", f"F R@{k} a2v", f"A R@{k} v2a", f"F R@{k} v2a") if c in table]
-    return table[cols]
