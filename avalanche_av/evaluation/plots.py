@@ -17,9 +17,10 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
 
 __all__ = ["plot_accuracy_matrix", "save_accuracy_matrix_png", "plot_metric_curves", "modality_gap_curve",
-           "plot_modality_gap"]
+           "plot_modality_gap", "plot_accuracy_matrices", "plot_method_bars"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
 
@@ -274,4 +275,110 @@ def plot_modality_gap(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=9)
     fig.tight_layout()
+    return fig
+
+
+def plot_accuracy_matrices(
+    matrices: Mapping[str, ArrayLike],
+    title: str = "",
+    fmt: str = "{:.2f}",
+    shared_range: bool = True,
+) -> Figure:
+    """Several accuracy matrices side by side (e.g. audio→video and video→audio of one method).
+
+    Args:
+        matrices: panel title -> ``(R, C)`` scores (``NaN`` cells stay blank).
+        title: figure title.
+        fmt: cell number format.
+        shared_range: one colour range for every panel (from 0 to the largest finite value), so
+            equal colours mean equal scores across panels.
+
+    Returns:
+        The figure.
+    """
+    if not matrices:
+        raise ValueError("plot_accuracy_matrices needs at least one matrix")
+    mats = {name: _as_2d(m, f"matrices[{name!r}]") for name, m in matrices.items()}
+    n_rows = max(m.shape[0] for m in mats.values())
+    n_cols = max(m.shape[1] for m in mats.values())
+    fig = _new_figure((len(mats) * (1.8 + 0.8 * max(n_cols, 1)), 1.5 + 0.6 * max(n_rows, 1)))
+    vmin = vmax = None
+    if shared_range:
+        finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
+        vmin, vmax = 0.0, (float(finite.max()) if finite.size and finite.max() > 0 else 1.0)
+    for i, (name, m) in enumerate(mats.items()):
+        ax = fig.add_subplot(1, len(mats), i + 1)
+        plot_accuracy_matrix(m, ax=ax, title=name, fmt=fmt, vmin=vmin, vmax=vmax)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_method_bars(
+    methods: Sequence[str],
+    panels: Mapping[str, Mapping[str, tuple]],
+    title: str = "",
+    xlabel: str = "score",
+) -> Figure:
+    """Horizontal grouped bars with error bars: one panel per metric, one bar group per method.
+
+    Horizontal bars keep method names readable when there are many methods; the figure grows
+    with the method count.
+
+    Args:
+        methods: ``M`` method names (top to bottom).
+        panels: panel title -> series name -> ``(mean, std)``, each a length-``M`` sequence.
+            ``None``/``NaN`` means draw no bar (written "n/a"); a ``None``/``NaN`` std draws no
+            error bar.
+        title: figure title.
+        xlabel: x-axis label of every panel.
+
+    Returns:
+        The figure.
+    """
+    if not methods:
+        raise ValueError("plot_method_bars needs at least one method")
+    if not panels:
+        raise ValueError("plot_method_bars needs at least one panel")
+    m = len(methods)
+
+    def arr(values, what: str) -> np.ndarray:
+        out = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+        if out.shape != (m,):
+            raise ValueError(f"{what} has {out.size} values for {m} methods")
+        return out
+
+    n_series = max(len(s) for s in panels.values())
+    height_in = 2.0 + 0.3 * m * max(1.0, 0.6 * n_series)
+    fig = _new_figure((1.5 + 5.2 * len(panels), height_in))
+    y = np.arange(m)
+    height = 0.8 / max(n_series, 1)
+    colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd"]
+    for i, (panel, series) in enumerate(panels.items()):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        for j, (name, (mean, std)) in enumerate(series.items()):
+            mu, sd = arr(mean, f"{panel}/{name} mean"), arr(std, f"{panel}/{name} std")
+            pos = y - 0.4 + height * (j + 0.5)
+            ok = np.isfinite(mu)
+            ax.barh(pos[ok], mu[ok], height=height * 0.9, color=colors[j % len(colors)], label=name,
+                    xerr=np.where(np.isfinite(sd), sd, 0.0)[ok], capsize=2, error_kw={"elinewidth": 1})
+            # Missing values (e.g. a forgetting that is not measured) are labelled, not drawn as 0.
+            where = blended_transform_factory(ax.transAxes, ax.transData)
+            for p in pos[~ok]:
+                ax.text(0.01, p, f"{name}: n/a", transform=where, va="center", ha="left", fontsize=8, color="gray")
+        ax.set_yticks(y)
+        ax.set_yticklabels(list(methods) if i == 0 else [""] * m, fontsize=9)
+        ax.set_ylim(m - 0.5, -0.5)  # every method's row, even one without bars; first method on top
+        ax.set_title(panel, fontsize=10)
+        ax.set_xlabel(xlabel)
+        ax.grid(axis="x", alpha=0.3)
+        ax.axvline(0.0, color="black", linewidth=0.6)
+    # One legend for all panels, below them, where it cannot cover a bar.
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    fig.tight_layout(rect=(0.0, 0.35 / height_in, 1.0, 1.0))
     return fig
