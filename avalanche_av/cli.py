@@ -33,8 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="run several strategies over several seeds; table of A/F mean ± std")
     r.add_argument("--strategy", default=d.strategy, help="method: %(default)s by default; see --list-strategies")
     r.add_argument("--list-strategies", action="store_true", help="print the available strategies and exit")
-    c.add_argument("--strategies", default="finetune,er,der++,stella,stella+", help="comma-separated (default %(default)s)")
+    c.add_argument("--strategies", default="finetune,er,der++,stella,stella+",
+                   help="comma-separated methods (default %(default)s); `run --list-strategies` lists them all")
     c.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default %(default)s)")
+    c.add_argument("--forgetting", choices=["textbook", "paper"], default="textbook",
+                   help="which F the table shows (both are in compare.json/csv; default %(default)s)")
+    c.add_argument("--run-progress", choices=["compact", "full"], default="compact",
+                   help="inside each run: one bar over tasks x epochs (compact), or Avalanche's "
+                        "InteractiveLogger (full); default %(default)s")
     _add_common(r, d)
     _add_common(c, d, out_default="av_runs/compare")
     _add_prepare_parser(sub)
@@ -51,11 +57,14 @@ def _add_common(r: argparse.ArgumentParser, d: Any, out_default: Optional[str] =
                                                             "default %(default)s")
     r.add_argument("--data-root", default=None, help="dataset root for real benchmarks")
     r.add_argument("--seed", type=int, default=d.seed)
-    r.add_argument("--epochs", type=int, default=d.epochs, help="epochs per experience (default %(default)s)")
-    r.add_argument("--batch-size", type=int, default=d.batch_size)
+    # None = not given: the benchmark preset (continual-vs/as, see docs/compare.md) or the default applies.
+    preset = "; continual-vs/as: the paper's value, see docs/compare.md"
+    r.add_argument("--epochs", type=int, default=None, help=f"epochs per experience (default {d.epochs}{preset})")
+    r.add_argument("--batch-size", type=int, default=None, help=f"current-batch size (default {d.batch_size}{preset})")
     r.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
-    r.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default %(default)s for tiny)")
-    r.add_argument("--mem-size", type=int, default=d.mem_size, help="replay memory size in clips")
+    r.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d.lr} for tiny{preset})")
+    r.add_argument("--mem-size", type=int, default=None,
+                   help=f"replay memory size in clips (default {d.mem_size}{preset})")
     r.add_argument("--n-tasks", type=int, default=d.n_tasks)
     r.add_argument("--classes-per-task", type=int, default=d.classes_per_task)
     r.add_argument("--train-clips-per-class", type=int, default=d.train_clips_per_class)
@@ -72,40 +81,69 @@ def _add_common(r: argparse.ArgumentParser, d: Any, out_default: Optional[str] =
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     r.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE",
-        help="strategy option, e.g. --option alpha=0.5 (repeatable; values parsed as Python literals)",
+        help="strategy option, e.g. --option alpha=0.5, or for one method only --option stella:rho_v=0.6 "
+             "(repeatable; values parsed as Python literals). Without a method prefix an option goes to every "
+             "listed method that accepts it",
     )
 
 
-def _parse_options(items: Sequence[str]) -> dict:
-    out = {}
+def _parse_options(items: Sequence[str]) -> tuple[dict, dict]:
+    """``--option`` items -> ``(shared, per_method)``: ``KEY=VALUE`` goes to ``shared``,
+    ``METHOD:KEY=VALUE`` to ``per_method[METHOD]`` (method names never contain ``:``)."""
+    shared: dict = {}
+    per_method: dict = {}
     for item in items:
         if "=" not in item:
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+            raise ValueError(f"--option expects KEY=VALUE or METHOD:KEY=VALUE, got {item!r}")
         k, v = item.split("=", 1)
-        if not k.strip():
-            raise ValueError(f"--option expects KEY=VALUE, got {item!r}")
+        method, _, key = k.strip().rpartition(":")
+        if not key.strip() or (":" in k and not method.strip()):
+            raise ValueError(f"--option expects KEY=VALUE or METHOD:KEY=VALUE, got {item!r}")
         try:
-            out[k.strip()] = ast.literal_eval(v)
+            value = ast.literal_eval(v)
         except (ValueError, SyntaxError):
-            out[k.strip()] = v
-    return out
+            value = v
+        target = per_method.setdefault(method.strip(), {}) if method else shared
+        target[key.strip()] = value
+    return shared, per_method
 
 
 def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
-    """The run config of ``run`` / ``compare``, fully validated: strategy names and options,
-    sizes, model, device, output folder. Nothing has been built when this raises."""
-    from .experiment import RunConfig
+    """The run config of ``run`` / ``compare`` and each strategy's options, fully validated:
+    strategy names and options, sizes, model, device, output folder. The benchmark preset fills
+    the settings and options the user did not give. Nothing has been built when this raises.
 
-    skip = ("command", "list_strategies", "option", "strategies", "seeds")
+    Returns:
+        ``(cfg, options)``: the config (of the first strategy) and strategy -> its options.
+    """
+    import dataclasses
+
+    from .experiment import RunConfig
+    from .presets import PRESET_SETTINGS, get_preset, resolve_settings, resolve_strategy_options
+
+    skip = ("command", "list_strategies", "option", "strategies", "seeds", "forgetting", "run_progress",
+            *PRESET_SETTINGS)
     fields = {k: v for k, v in vars(args).items() if k not in skip}
     fields.setdefault("strategy", strategies[0])
-    cfg = RunConfig(**fields, strategy_options=_parse_options(args.option))
-    cfg.validate(list(strategies))
-    return cfg
+    d = RunConfig()
+    settings, applied = resolve_settings(args.benchmark, {n: getattr(args, n) for n in PRESET_SETTINGS},
+                                         {n: getattr(d, n) for n in PRESET_SETTINGS})
+    shared, per_method = _parse_options(args.option)
+    options = resolve_strategy_options(list(strategies), shared, per_method, benchmark=args.benchmark)
+    cfg = RunConfig(**fields, **settings, strategy_options=options[fields["strategy"]])
+    for s in strategies:
+        dataclasses.replace(cfg, strategy=s, strategy_options=options[s]).validate()
+    preset = get_preset(args.benchmark)
+    if preset is not None:
+        print(f"[avalanche-av] {args.benchmark} preset ({preset.source}): "
+              + (", ".join(f"{k}={v}" for k, v in applied.items()) or "no run setting (all given)")
+              + "; method options from Table 5 unless given: "
+              + (", ".join(s for s in strategies if s in preset.method_options) or "none of these methods"))
+    return cfg, options
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .experiment import compare_strategies
+    from .compare import compare_strategies, render_markdown
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     try:
@@ -113,15 +151,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     except ValueError:
         raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
     if not strategies or not seeds:
-        raise ValueError("need at least one strategy and one seed")
-    cfg = _config_from_args(args, strategies)
-    table = compare_strategies(cfg, strategies, seeds, ks=cfg.ks)
-    import pandas as pd
-
-    with pd.option_context("display.width", 200, "display.max_columns", 50):
-        print(f"\n== Comparison over seeds {seeds} (mean ± std), {cfg.benchmark}, {cfg.model} ==")
-        print(table.to_string())
-    print(f"\nWrote {cfg.out_dir}/compare.csv and one folder per strategy and seed")
+        raise ValueError("--strategies and --seeds need at least one value each")
+    cfg, options = _config_from_args(args, strategies)
+    data = compare_strategies(
+        cfg, strategies, seeds, method_options=options,
+        progress=args.run_progress if cfg.progress else "none",
+        forgetting="F_paper" if args.forgetting == "paper" else "F",
+    )
+    print()
+    print(render_markdown(data))
+    paths = data["paths"]
+    print(f"Trained {data['executed']} run(s), read back {len(strategies) * len(seeds) - data['executed']}. "
+          f"Wrote {cfg.out_dir}/compare.json (the source), compare.md, compare.csv, compare_bars.png, "
+          f"{len(paths['heatmaps'])} heatmap(s) in {cfg.out_dir}/heatmaps/, and one folder per method and seed")
     return 0
 
 
@@ -132,7 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.list_strategies:
         print("\n".join(list_strategies()))
         return 0
-    cfg = _config_from_args(args, [args.strategy])
+    cfg, _ = _config_from_args(args, [args.strategy])
     summary = run_experiment(cfg)
     import pandas as pd
 
@@ -328,7 +370,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"avalanche-av: error: {_error_line(exc)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("avalanche-av: interrupted; `run --resume` continues from the last checkpoint", file=sys.stderr)
+            how = ("the same `compare` command continues (finished runs are kept)" if args.command == "compare"
+                   else "`run --resume` continues from the last checkpoint")
+            print(f"avalanche-av: interrupted; {how}", file=sys.stderr)
             return 130
 
 

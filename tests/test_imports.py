@@ -52,6 +52,8 @@ def layer_of(module: str) -> str:
         return "io"
     if top == "analysis":  # inspection of run checkpoints: the experiment layer (ARCHITECTURE.md)
         return "experiment"
+    if top in ("compare", "presets"):  # method comparison and benchmark presets: the experiment layer
+        return "experiment"
     if top in ("cli", "experiment", "training", "evaluation", "models", "benchmarks", "downstream"):
         return top
     raise AssertionError(f"module {module} is in no layer; add its folder to ALLOWED in {__file__}")
