@@ -70,3 +70,76 @@ def test_switch_and_environment_variable(monkeypatch):
         monkeypatch.delenv("AVALANCHE_AV_DEBUG_CHECKS")
         importlib.reload(debug_module)
         set_debug_checks(before)
+
+
+# ------------------------------------------------------------------ the packed memory copy
+def _batch(b=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "audio": torch.randn(b, 8, 4, generator=g) * 3,  # stored fp16: cast before the copy
+        "video": torch.randint(0, 256, (b, 2, 3, 4, 4), generator=g, dtype=torch.uint8),
+        "clip_id": torch.arange(100, 100 + b),
+        "score": torch.rand(b, 5, generator=g),  # float32, stored as is
+        "flag": torch.rand(b, generator=g) > 0.5,
+    }
+
+
+def _reservoir(cap=4):
+    from avalanche_av.training.storage_policy import TensorReservoir
+
+    return TensorReservoir(cap, {"audio": torch.float16, "video": torch.uint8})
+
+
+def _feed(store, batches, on_device, keeps=None):
+    g = torch.Generator().manual_seed(7)
+    counter = HostSyncCounter()
+    with counter:
+        for i, batch in enumerate(batches):
+            if on_device:  # the samples live on the (emulated) accelerator, the memory on the host
+                batch = {k: v.to(EMULATED_DEVICE) for k, v in batch.items()}
+            keep = None if keeps is None else torch.tensor(keeps[i])
+            if on_device and keep is not None:
+                keep = keep.to(EMULATED_DEVICE)
+            store.add(batch, g, keep)
+        len(store)  # a read commits the last packed copy
+    return counter, g
+
+
+def test_packed_copy_stores_exactly_what_per_field_copies_store():
+    batches = [_batch(6, s) for s in range(4)]  # 24 offers into 4 slots: overwrites happen
+    direct, packed = _reservoir(), _reservoir()
+    _feed(direct, batches, on_device=False)
+    counter, _ = _feed(packed, batches, on_device=True)
+    assert packed.n_seen == direct.n_seen == 24 and len(packed) == len(direct) == 4
+    for name, buf in direct.fields.items():
+        assert packed.fields[name].dtype == buf.dtype
+        assert torch.equal(packed.fields[name], buf), name
+    # one non-blocking copy per add, no blocking device-to-host copy
+    assert [e.kind for e in counter.events if e.kind in ("d2h", "d2h_async")] == ["d2h_async"] * 4
+    assert counter.syncs() == []
+
+
+def test_packed_copy_discards_a_dropped_offer_and_restores_the_generator():
+    batches = [_batch(6, s) for s in range(3)]
+    ref = _reservoir()
+    _, g_ref = _feed(ref, [batches[0], batches[2]], on_device=False)
+    for on_device in (True, False):
+        store = _reservoir()
+        counter, g = _feed(store, batches, on_device=on_device, keeps=[True, False, True])
+        assert store.n_seen == ref.n_seen == 12
+        assert torch.equal(g.get_state(), g_ref.get_state())
+        for name, buf in ref.fields.items():
+            assert torch.equal(store.fields[name], buf), (on_device, name)
+        if on_device:
+            assert counter.syncs() == []  # the flag travelled in the packed copy
+
+
+def test_reads_commit_a_pending_copy():
+    store = _reservoir(8)
+    with HostSyncCounter():
+        batch = {k: v.to(EMULATED_DEVICE) for k, v in _batch(3).items()}
+        store.add(batch, torch.Generator().manual_seed(0))
+        assert store._pending is not None
+        slots, got = store.sample(3, torch.Generator().manual_seed(0))
+        assert store._pending is None
+    assert torch.equal(got["clip_id"].sort().values, torch.arange(100, 103))

@@ -81,6 +81,17 @@ class TensorReservoir:
         dtypes: storage dtype per field name.
         device: where the memory lives (CPU by default; pinned when CUDA is available so that
             memory batches copy to the GPU asynchronously).
+
+    **Writes from another device** (the usual case: samples on the GPU, memory on the host) take
+    one packed copy: the kept rows of every field are gathered and cast to their storage dtype on
+    the samples' device, packed into one byte buffer and copied with ``non_blocking=True`` into a
+    reused staging buffer on the memory's device (pinned when CUDA is present). :meth:`add`
+    returns without waiting; the rows are scattered into the store by :meth:`commit`, which every
+    read (``len``, :meth:`sample`, :meth:`get`, ``fields``, :meth:`state_dict`...) and the next
+    :meth:`add` call first, waiting for the copy's CUDA event. Before, each field was a blocking
+    copy: one host sync per field and step; now a step waits at most once, when the memory is
+    next read, after the data loading and the hooks in between have overlapped with the device.
+    The stored values are the same as per-field copies give (``tests/test_hot_path_syncs.py``).
     """
 
     def __init__(
@@ -94,13 +105,27 @@ class TensorReservoir:
         self.capacity = capacity
         self.dtypes = dict(dtypes or {})
         self.device = torch.device(device)
+        #: a packed copy in flight (see the class docstring), or None
+        self._pending: Optional[dict] = None
+        self._staging: Optional[torch.Tensor] = None
         self.fields: Dict[str, torch.Tensor] = {}
         self.size = 0
         self.n_seen = 0
         #: bumped on every write, so views built from the store know when they are stale
         self.version = 0
 
+    @property
+    def fields(self) -> Dict[str, torch.Tensor]:
+        """``{name: (capacity, ...) tensor}``, the storage (pending writes committed first)."""
+        self.commit()
+        return self._fields
+
+    @fields.setter
+    def fields(self, value: Dict[str, torch.Tensor]) -> None:
+        self._fields = value
+
     def __len__(self) -> int:
+        self.commit()
         return self.size
 
     def _allocate(self, batch: Dict[str, torch.Tensor]) -> None:
@@ -110,8 +135,19 @@ class TensorReservoir:
             buf = torch.zeros((self.capacity, *t.shape[1:]), dtype=dtype, device=self.device)
             self.fields[name] = buf.pin_memory() if pin else buf
 
-    def add(self, batch: Dict[str, torch.Tensor], generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """Offer ``B`` new samples (every field ``(B, ...)``); returns the slots written ``(K,)``."""
+    def add(self, batch: Dict[str, torch.Tensor], generator: Optional[torch.Generator] = None,
+            keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Offer ``B`` new samples (every field ``(B, ...)``); returns the slots drawn ``(K,)``.
+
+        Args:
+            batch: the fields, all ``(B, ...)``.
+            generator: the reservoir's CPU generator.
+            keep: optional ``()`` bool tensor on the samples' device: ``False`` drops the whole
+                offer as if it was never made (nothing stored, ``n_seen`` and the generator
+                unchanged). With a packed copy it travels in the copy and is read on the host at
+                :meth:`commit` (no sync); otherwise it is read here (free on CPU).
+        """
+        self.commit()
         sizes = {t.shape[0] for t in batch.values()}
         if len(sizes) != 1:
             raise ValueError(f"all fields must share the batch dimension, got sizes {sorted(sizes)}")
@@ -127,10 +163,18 @@ class TensorReservoir:
                         f"field {name!r}: per-sample shape {tuple(t.shape[1:])} differs from stored "
                         f"{tuple(self.fields[name].shape[1:])}"
                     )
+        packed = any(t.device != self._fields[name].device for name, t in batch.items())
+        if keep is not None and not packed and not bool(keep):
+            return torch.empty(0, dtype=torch.long)  # a dropped step: nothing stored, nothing counted
+        rollback = None
+        if keep is not None:
+            rollback = (self.n_seen, self.size, generator, None if generator is None else generator.get_state())
         pos, slots = reservoir_slots(self.n_seen, b, self.capacity, generator)
-        if pos.numel():
+        if packed:
+            self._add_packed(batch, pos, slots, keep, rollback)
+        elif pos.numel():
             for name, t in batch.items():
-                buf = self.fields[name]
+                buf = self._fields[name]
                 src = t.detach()[pos.to(t.device)].to(device=buf.device, dtype=buf.dtype)
                 buf[slots.to(buf.device)] = src
         self.n_seen += b
@@ -138,8 +182,65 @@ class TensorReservoir:
         self.version += 1
         return slots
 
+    def _add_packed(self, batch: Dict[str, torch.Tensor], pos: torch.Tensor, slots: torch.Tensor,
+                    keep: Optional[torch.Tensor], rollback: Optional[tuple]) -> None:
+        """Gather, cast and pack the kept rows on the samples' device, then one non-blocking copy."""
+        src_dev = next(iter(batch.values())).device
+        idx = pos.to(src_dev, non_blocking=True)
+        parts, layout, offset = [], [], 0
+        # widest storage dtype first: every field's offset is then a multiple of its element size,
+        # so the host side can view its bytes as that dtype
+        for name, t in sorted(batch.items(), key=lambda kv: -self._fields[kv[0]].element_size()):
+            buf = self._fields[name]
+            rows = t.detach()[idx].to(buf.dtype).reshape(-1)  # cast where the data is: fewer bytes to move
+            nbytes = rows.numel() * rows.element_size()
+            parts.append(rows.view(torch.uint8))
+            layout.append((name, offset, nbytes, buf.dtype, tuple(buf.shape[1:])))
+            offset += nbytes
+        keep_at = None
+        if keep is not None:
+            keep_at = offset
+            parts.append(keep.detach().reshape(1).to(torch.uint8))
+            offset += 1
+        if offset == 0:
+            return
+        if self._staging is None or self._staging.numel() < offset:
+            pin = self.device.type == "cpu" and torch.cuda.is_available()
+            self._staging = torch.empty(max(offset, 2 * (0 if self._staging is None else self._staging.numel())),
+                                        dtype=torch.uint8, device=self.device, pin_memory=pin)
+        host = self._staging[:offset]
+        host.copy_(torch.cat(parts), non_blocking=True)
+        event = None
+        if src_dev.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self._pending = {"event": event, "host": host, "layout": layout, "slots": slots,
+                         "keep_at": keep_at, "rollback": rollback}
+
+    def commit(self) -> None:
+        """Finish a packed write in flight: wait for its copy, then scatter the rows into the store
+        (or, when its ``keep`` flag is False, undo the offer: ``n_seen``, ``size`` and the
+        generator go back to what they were). A no-op when nothing is pending."""
+        p, self._pending = self._pending, None
+        if p is None:
+            return
+        if p["event"] is not None:
+            p["event"].synchronize()
+        host = p["host"]
+        if p["keep_at"] is not None and not bool(host[p["keep_at"]]):  # host memory: no device sync
+            self.n_seen, self.size, generator, gen_state = p["rollback"]
+            if generator is not None:
+                generator.set_state(gen_state)
+            self.version += 1
+            return
+        slots = p["slots"].to(self.device)
+        for name, off, nbytes, dtype, shape in p["layout"]:
+            self._fields[name][slots] = host[off:off + nbytes].view(dtype).view(-1, *shape)
+        self.version += 1
+
     def clear(self) -> None:
         """Forget every stored sample and the stream count (field allocations are kept)."""
+        self.commit()
         self.size = 0
         self.n_seen = 0
         self.version += 1
@@ -151,6 +252,7 @@ class TensorReservoir:
 
         Fields come back with ``device`` (non-blocking copies from pinned memory).
         """
+        self.commit()
         if self.size == 0:
             raise ValueError("cannot sample from an empty memory")
         m = min(n, self.size)
@@ -159,6 +261,7 @@ class TensorReservoir:
 
     def get(self, slots: torch.Tensor, device: torch.device | str | None = None) -> Dict[str, torch.Tensor]:
         """Fields of the given slots ``(K,)`` as ``(K, ...)`` tensors on ``device``."""
+        self.commit()
         out = {}
         for name, buf in self.fields.items():
             t = buf[slots.to(buf.device)]
@@ -177,6 +280,7 @@ class TensorReservoir:
         still a uniform sample of the stream; growing keeps everything and refills from new data."""
         if not isinstance(new_capacity, int) or new_capacity < 1:
             raise ValueError(f"memory capacity must be an int >= 1, got {new_capacity!r}")
+        self.commit()
         keep = torch.arange(self.size)
         if self.size > new_capacity:
             keep = torch.randperm(self.size, generator=generator)[:new_capacity].sort().values
@@ -194,6 +298,7 @@ class TensorReservoir:
         return int(sum(buf[0].numel() * buf.element_size() for buf in self.fields.values()))
 
     def state_dict(self) -> dict:
+        self.commit()
         return {
             "capacity": self.capacity,
             "size": self.size,
@@ -202,6 +307,7 @@ class TensorReservoir:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        self.commit()
         self.capacity = int(state["capacity"])
         self.size = int(state["size"])
         self.n_seen = int(state["n_seen"])
@@ -298,6 +404,7 @@ class OnlineReservoirBuffer(ExemplarsBuffer):
     @property
     def n_seen(self) -> int:
         """How many stream items have been offered to the reservoir."""
+        self.store.commit()
         return self.store.n_seen
 
     def seed(self, seed: int) -> None:
@@ -345,8 +452,12 @@ class OnlineReservoirBuffer(ExemplarsBuffer):
             fields = {**fields, "video": to_uint8_frames(fields["video"])}
         return fields
 
-    def add(self, fields: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def add(self, fields: Dict[str, torch.Tensor], keep: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Offer a batch of new stream items (``(B, ...)`` per field); returns the written slots.
+
+        ``keep``: an optional ``()`` bool tensor; ``False`` drops the offer (see
+        :meth:`TensorReservoir.add`: how a step whose loss is found non-finite on the device
+        stores nothing without a host sync).
 
         Raises:
             ValueError: a field was not declared, or a declared one is missing.
@@ -356,7 +467,7 @@ class OnlineReservoirBuffer(ExemplarsBuffer):
             raise ValueError(
                 f"{type(self).__name__}.add: got fields {sorted(fields)}, the memory stores {sorted(declared)}"
             )
-        return self.store.add(self._compact(fields), self.generator)
+        return self.store.add(self._compact(fields), self.generator, keep)
 
     def add_dataset(self, dataset, batch_size: int = 256) -> None:
         """Offer every clip of ``dataset`` (samples ``(audio, video, target, clip_id, ...)``)."""
