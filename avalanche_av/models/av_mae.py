@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from timm.models.vision_transformer import Attention
 
+from .distributed import gather_rows, gathering_negatives
 from .debug import debug_checks_enabled
 from .patching import (
     gather_patches,
@@ -203,11 +204,30 @@ def info_nce(emb_a: torch.Tensor, emb_v: torch.Tensor, temperature: float) -> tu
     Returns:
         ``(loss, per_sample)``: the scalar mean of the a→v and v→a cross-entropies, and
         ``(B,)`` per-sample values of the same.
+
+    Inside :func:`avalanche_av.models.distributed.global_negatives` with several ranks, every
+    rank's rows are negatives too (all-gathered; local rows keep their gradient and receive the
+    other ranks' gradient), so ``per_sample`` equals the rows of a single-process InfoNCE over the
+    concatenated batch (``docs/distributed.md``).
     """
+    if gathering_negatives():
+        return _info_nce_global(emb_a, emb_v, temperature)
     logits = emb_a @ emb_v.t() / temperature
     target = torch.arange(logits.shape[0], device=logits.device)
     a2v = F.cross_entropy(logits.float(), target, reduction="none")
     v2a = F.cross_entropy(logits.float().t(), target, reduction="none")
+    per_sample = 0.5 * (a2v + v2a)
+    return per_sample.mean(), per_sample
+
+
+def _info_nce_global(emb_a: torch.Tensor, emb_v: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`info_nce` of this rank's ``(R, D)`` rows against the rows of every rank."""
+    both, offset = gather_rows(torch.cat([emb_a, emb_v], dim=1))
+    d = emb_a.shape[1]
+    all_a, all_v = both[:, :d], both[:, d:]
+    target = torch.arange(offset, offset + emb_a.shape[0], device=emb_a.device)
+    a2v = F.cross_entropy((emb_a @ all_v.t() / temperature).float(), target, reduction="none")
+    v2a = F.cross_entropy((emb_v @ all_a.t() / temperature).float(), target, reduction="none")
     per_sample = 0.5 * (a2v + v2a)
     return per_sample.mean(), per_sample
 
