@@ -17,6 +17,8 @@ from typing import Any, Optional, Union
 import numpy as np
 import torch
 
+from .distributed import merge_rank_states, seed_all, shard_rank_state
+
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint", "get_rng_state", "set_rng_state", "plugin_key"]
 
 _FORMAT = "avalanche-av-checkpoint/1"
@@ -89,6 +91,11 @@ def save_checkpoint(path: Union[str, Path], strategy, extra: Optional[dict] = No
         "rng": get_rng_state(),
         "extra": extra or {},
     }
+    # Several ranks: every rank sends its memories and RNG states to rank 0, which writes one
+    # file (docs/distributed.md); a single process writes its state as it is.
+    state = merge_rank_states(state)
+    if state is None:
+        return path
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -144,6 +151,9 @@ def load_checkpoint(path: Union[str, Path], strategy, restore_rng: bool = True, 
     path = Path(path)
     if state is None:
         state = read_checkpoint(path)
+    # This rank's part of the memories and RNG states, for any number of ranks (unchanged in a
+    # single process reading a single-process file).
+    state = shard_rank_state(state)
     try:
         strategy.model.load_state_dict(state["model"])
     except RuntimeError as exc:
@@ -178,4 +188,6 @@ def load_checkpoint(path: Union[str, Path], strategy, restore_rng: bool = True, 
     strategy.skipped_steps = state.get("skipped_steps", 0)
     if restore_rng:
         set_rng_state(state["rng"])
+        if "rng_reseed" in state:  # a rank the saving run did not have
+            seed_all(state["rng_reseed"])
     return state["extra"]

@@ -44,7 +44,10 @@ from avalanche.training.plugins.evaluation import EvaluationPlugin
 from avalanche.training.templates import SupervisedTemplate
 from torch.profiler import record_function
 
+from ..models.distributed import global_negatives
 from ..models.inputs import PatchBatch, prepare_audio, prepare_video, to_uint8_frames
+from .distributed import (all_ranks, broadcast_parameters, check_plugins_for_distributed, is_distributed,
+                          set_loader_epoch, sharded_loader, sync_gradients)
 
 __all__ = ["AVPretraining", "default_optimizer", "NonFiniteLossError", "MemoryBlock", "require_av_template"]
 
@@ -379,7 +382,8 @@ class AVPretraining(SupervisedTemplate):
     def forward(self):
         model = self.model
         gen = None if self.is_training else self._eval_generator
-        with record_function("av.forward"), self.autocast():
+        # Training draws contrastive negatives from every rank (a no-op in a single process).
+        with record_function("av.forward"), self.autocast(), global_negatives(self.is_training):
             if self.mb_patches is not None:
                 p = self.mb_patches
                 n_rows = self.mb_memory_blocks[-1].stop if self.mb_memory_blocks else self.mb_n_current
@@ -404,11 +408,46 @@ class AVPretraining(SupervisedTemplate):
         self._eval_generator = torch.Generator(device="cpu").manual_seed(self.eval_seed)
         super()._before_eval_exp(**kwargs)
 
+    # ------------------------------------------------------------------ several ranks (docs/distributed.md)
+    #: seed of the per-experience data shards under torchrun (the run's seed; same on every rank)
+    shard_seed: int = 0
+
+    def make_train_dataloader(self, **kwargs):
+        """Avalanche's loader in a single process; under torchrun this rank's shuffled shard."""
+        if not is_distributed():
+            return super().make_train_dataloader(**kwargs)
+        seed = self.shard_seed * 100_003 + int(getattr(self.experience, "current_experience", 0))
+        self.dataloader = sharded_loader(self.adapted_dataset, self.train_mb_size, train=True, seed=seed,
+                                         device=self.device, **kwargs)
+
+    def make_eval_dataloader(self, **kwargs):
+        """Avalanche's loader in a single process; under torchrun this rank's (padded) shard."""
+        if not is_distributed():
+            return super().make_eval_dataloader(**kwargs)
+        self.dataloader = sharded_loader(self.adapted_dataset, self.eval_mb_size, train=False, device=self.device,
+                                         **kwargs)
+
+    def _before_training_exp(self, **kwargs):
+        super()._before_training_exp(**kwargs)
+        # Every rank starts the experience from rank 0's weights (a no-op when they agree, as
+        # they do; modules built lazily by plugins, e.g. STELLA's AVM, are in the optimizer).
+        if is_distributed():
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            broadcast_parameters([*self.model.parameters(), *params])
+
+    def _before_training_epoch(self, **kwargs):
+        set_loader_epoch(self.dataloader, self.clock.train_exp_epochs)  # a new shard shuffle per epoch
+        super()._before_training_epoch(**kwargs)
+
+    def _check_distributed_training_compatibility(self):
+        return check_plugins_for_distributed(self.plugins)
+
     # ------------------------------------------------------------------ backward / step
     def backward(self):
         self._skip_update = False
         self.step_skipped = False
-        if not torch.isfinite(self.loss.detach()).all():
+        # all_ranks: every rank skips the same steps, or their collectives would not match.
+        if not all_ranks(torch.isfinite(self.loss.detach()).all()):
             self.step_skipped = True
             self.skipped_steps += 1
             self._consecutive_nonfinite += 1
@@ -435,6 +474,7 @@ class AVPretraining(SupervisedTemplate):
     def optimizer_step(self):
         if self._skip_update:
             return
+        sync_gradients(self.optimizer)  # average over ranks; no-op in a single process
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
