@@ -62,6 +62,7 @@ from avalanche.evaluation.metric_results import MetricValue
 from avalanche.evaluation.metrics import loss_metrics
 from avalanche.logging import InteractiveLogger
 from avalanche.training.plugins import EvaluationPlugin
+from torch.utils.data import DistributedSampler
 
 from avalanche_av.evaluation.functional import (
     average_accuracy,
@@ -72,6 +73,7 @@ from avalanche_av.evaluation.functional import (
     recall_at_k,
     similarity,
 )
+from avalanche_av.models.distributed import is_distributed
 
 __all__ = ["RetrievalMetrics", "av_evaluator", "get_retrieval_metrics", "DIRECTIONS", "LEVELS"]
 
@@ -285,6 +287,49 @@ class RetrievalMetrics(PluginMetric[Dict[str, float]]):
 
     def before_eval(self, strategy: Any) -> None:
         self._buffers = {}
+
+    def before_eval_exp(self, strategy: Any) -> None:
+        buf = self._buffers.get(_stream_name(strategy.experience))
+        self._exp_start = 0 if buf is None else len(buf.emb_a)
+
+    def after_eval_exp(self, strategy: Any) -> None:
+        if is_distributed():
+            self._gather_experience(strategy)
+
+    def _gather_experience(self, strategy: Any) -> None:
+        """Several ranks (torchrun): replace this rank's rows of the experience just evaluated by
+        the rows of every rank, in dataset order, each clip once, so that every rank scores
+        exactly what a single process would (docs/distributed.md).
+
+        Each rank evaluated the shard of its ``DistributedSampler``, padded by repeating the first
+        clips; the sampler's indices say which dataset row each embedding is, so the padding is
+        removed by index (clip ids are not needed). A loader without such a sampler means every
+        rank evaluated everything: nothing to gather.
+        """
+        from avalanche.distributed import DistributedHelper  # noqa: PLC0415
+
+        sampler = getattr(getattr(strategy, "dataloader", None), "sampler", None)
+        if not isinstance(sampler, DistributedSampler) or len(sampler.dataset) == 0:
+            return
+        stream = _stream_name(strategy.experience)
+        buf = self._buffers.setdefault(stream, _Buffer())
+        start = getattr(self, "_exp_start", 0)
+        index = torch.tensor(list(iter(sampler)), dtype=torch.long)
+        n = sum(t.shape[0] for t in buf.emb_a[start:])
+        if n != index.numel():
+            raise RuntimeError(f"RetrievalMetrics: this rank evaluated {n} rows but its sampler holds {index.numel()}")
+        d = buf.emb_a[start].shape[1]
+        rows = torch.cat([torch.cat(buf.emb_a[start:]), torch.cat(buf.emb_v[start:])], dim=1)
+        ints = torch.stack([torch.cat(getattr(buf, f)[start:]) for f in ("target", "clip_id", "task")] + [index], 1)
+        rows = torch.cat(DistributedHelper.gather_all(rows))
+        ints = torch.cat(DistributedHelper.gather_all(ints))
+        keep = _first_occurrence(ints[:, 3])  # sorted by dataset index: the padding goes
+        keep = keep[torch.argsort(ints[keep, 3])]
+        rows, ints = rows[keep], ints[keep]
+        for lst, t in ((buf.emb_a, rows[:, :d]), (buf.emb_v, rows[:, d:]), (buf.target, ints[:, 0]),
+                       (buf.clip_id, ints[:, 1]), (buf.task, ints[:, 2])):
+            del lst[start:]
+            lst.append(t.contiguous())
 
     def after_eval_iteration(self, strategy: Any) -> None:
         super().after_eval_iteration(strategy)
