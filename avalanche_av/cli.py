@@ -169,6 +169,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from .experiment import run_experiment
+    from .training.distributed import is_main_process
     from .training import list_strategies
 
     if args.list_strategies:
@@ -176,6 +177,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return 0
     cfg, _ = _config_from_args(args, [args.strategy])
     summary = run_experiment(cfg)
+    if not is_main_process():  # under torchrun rank 0 prints (every rank has the same summary)
+        return 0
     import pandas as pd
 
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):

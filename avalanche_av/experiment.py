@@ -338,7 +338,20 @@ def run_experiment(cfg: RunConfig, extra_plugins: Optional[list] = None) -> dict
     Raises:
         ValueError: a bad setting (before any data is built), or ``cfg.resume`` with a
             checkpoint made with settings outside :data:`SAFE_TO_CHANGE_ON_RESUME`.
+
+    Under ``torchrun --nproc_per_node=N`` the run is one of ``N`` ranks (``docs/distributed.md``):
+    each trains on its shard of every experience with ``cfg.batch_size`` clips per step and holds
+    its part of the ``cfg.mem_size``-clip memory; rank 0 logs and writes every file, and every
+    rank returns the same summary.
     """
+    from .training.distributed import distributed_session  # noqa: PLC0415
+
+    with distributed_session(cfg.device) as dist_ctx:
+        return _run_experiment(cfg, extra_plugins, dist_ctx)
+
+
+def _run_experiment(cfg: RunConfig, extra_plugins: Optional[list], dist_ctx: Any) -> dict:
+    """:func:`run_experiment` inside its process group (a single process: an empty context)."""
     from .evaluation import av_evaluator, get_retrieval_metrics  # noqa: PLC0415
     from .evaluation.plots import save_accuracy_matrix_png  # noqa: PLC0415
     from .training import AVPretraining, default_optimizer, make_plugins  # noqa: PLC0415
@@ -348,7 +361,7 @@ def run_experiment(cfg: RunConfig, extra_plugins: Optional[list] = None) -> dict
     out = Path(cfg.out_dir)
     ckpt = out / "checkpoint.pt"
     saved = None
-    if cfg.resume and ckpt.exists():
+    if cfg.resume and _checkpoint_found(ckpt, dist_ctx):
         saved = read_checkpoint(ckpt)
         stored = saved["extra"].get("run_config")
         check_resume_config(json.loads(stored) if isinstance(stored, str) else None, cfg, ckpt)
@@ -358,22 +371,30 @@ def run_experiment(cfg: RunConfig, extra_plugins: Optional[list] = None) -> dict
     t0 = time.time()
     bench = build_benchmark(cfg)
     model = _model_for(cfg, bench)
-    plugins = make_plugins(cfg.strategy, mem_size=cfg.mem_size, batch_size=cfg.batch_size, **cfg.strategy_options)
+    plugins = make_plugins(cfg.strategy, mem_size=_rank_mem_size(cfg, dist_ctx), batch_size=cfg.batch_size,
+                           **cfg.strategy_options)
     plugins += list(extra_plugins or [])
-    loggers = _loggers(cfg, out, extra_in.get("csv_sizes") if saved is not None else None)
+    # Only rank 0 logs (progress bars, CSV, TensorBoard); the metrics still run on every rank.
+    loggers = _loggers(cfg, out, extra_in.get("csv_sizes") if saved is not None else None) if dist_ctx.is_main else []
     csv_logger = next((lg for lg in loggers if isinstance(lg, ResumableCSVLogger)), None)
-    evaluator = av_evaluator(loggers=loggers, ks=cfg.ks, n_tasks=bench.n_tasks)
+    with warnings.catch_warnings():
+        if not dist_ctx.is_main:
+            warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = av_evaluator(loggers=loggers, ks=cfg.ks, n_tasks=bench.n_tasks)
     strategy = AVPretraining(
         model=model,
         optimizer=default_optimizer(model, lr=cfg.lr),
         train_mb_size=cfg.batch_size,
         train_epochs=cfg.epochs,
         eval_mb_size=cfg.eval_batch_size,
-        device=cfg.device,
+        device=dist_ctx.device or cfg.device,
         plugins=plugins,
         evaluator=evaluator,
         amp=cfg.amp,
     )
+    if dist_ctx.is_distributed:
+        strategy.shard_seed = cfg.seed  # the same shards on every rank, a new split per seed
+        _seed_everything(cfg.seed + dist_ctx.rank)  # different masks and draws per rank (as MAE's code)
     retrieval = get_retrieval_metrics(evaluator)
     done = 0
     train_times: list[float] = []
@@ -386,10 +407,11 @@ def run_experiment(cfg: RunConfig, extra_plugins: Optional[list] = None) -> dict
             retrieval.load_state_dict(extra["retrieval_state"])
         train_times = [float(x) for x in extra.get("train_seconds", [])]
         earlier_load = DataReport.from_dict(json.loads(extra.get("load_time_report", "{}")))
-        print(f"[avalanche-av] resumed from {ckpt}: {done} experience(s) already trained")
+        if dist_ctx.is_main:
+            print(f"[avalanche-av] resumed from {ckpt}: {done} experience(s) already trained")
 
     def load_report() -> DataReport:
-        rep = earlier_load.merged(bench.load_time_report())
+        rep = earlier_load.merged(_ranks_load_report(bench.load_time_report()))
         # Worker processes keep their own decode counters; say so instead of reporting zeros.
         rep.load_time_counted = rep.load_time_counted and not (cfg.num_workers > 0 and bench.decoders)
         return rep
@@ -427,6 +449,11 @@ def run_experiment(cfg: RunConfig, extra_plugins: Optional[list] = None) -> dict
         "resumed_after_experiences": done,
         "retrieval": results,
     }
+    if dist_ctx.is_distributed:
+        summary["distributed"] = {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend}
+    if not dist_ctx.is_main:  # rank 0 writes the files
+        summary["table"] = results_table(retrieval, ks=cfg.ks)
+        return summary
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=_json_default))
     table = results_table(retrieval, ks=cfg.ks)
     table.to_csv(out / "results.csv", index=False)
@@ -445,6 +472,43 @@ def run_experiment(cfg: RunConfig, extra_plugins: Optional[list] = None) -> dict
         csv_logger.eval_file.close()
     summary["table"] = table
     return summary
+
+
+def _checkpoint_found(ckpt: Path, dist_ctx: Any) -> bool:
+    """Whether ``ckpt`` exists; under torchrun every rank must see the same answer."""
+    from .training.distributed import all_gather_objects  # noqa: PLC0415
+
+    found = ckpt.exists()
+    if dist_ctx.is_distributed:
+        seen = all_gather_objects(found)
+        if len(set(seen)) > 1:
+            raise ValueError(f"--resume: {ckpt} exists for ranks {[r for r, f in enumerate(seen) if f]} only; "
+                             "every rank reads the checkpoint, so --out must be on a filesystem all nodes share")
+    return found
+
+
+def _rank_mem_size(cfg: RunConfig, dist_ctx: Any) -> int:
+    """This rank's part of the ``--mem-size`` clips (all of them in a single process)."""
+    from .training.distributed import memory_share  # noqa: PLC0415
+
+    if not dist_ctx.is_distributed:
+        return cfg.mem_size
+    if cfg.mem_size < dist_ctx.world_size:
+        raise ValueError(f"--mem-size {cfg.mem_size} is the memory over all ranks; {dist_ctx.world_size} ranks "
+                         f"need at least {dist_ctx.world_size} clips (one each)")
+    return memory_share(cfg.mem_size, dist_ctx.rank, dist_ctx.world_size)
+
+
+def _ranks_load_report(report: DataReport) -> DataReport:
+    """The load-time decode counts of every rank added up (each rank decodes its own shard)."""
+    from .training.distributed import all_gather_objects, is_distributed  # noqa: PLC0415
+
+    if not is_distributed():
+        return report
+    total = DataReport()
+    for rep in all_gather_objects(report):
+        total = total.merged(rep)
+    return total
 
 
 def _json_default(o: Any):
