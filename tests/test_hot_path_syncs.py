@@ -143,3 +143,90 @@ def test_reads_commit_a_pending_copy():
         slots, got = store.sample(3, torch.Generator().manual_seed(0))
         assert store._pending is None
     assert torch.equal(got["clip_id"].sort().values, torch.arange(100, 103))
+
+
+# ------------------------------------------------------------------ the deferred loss check
+class _Poison:
+    """Multiplies the audio of the training iterations in ``at`` by NaN."""
+
+    def __new__(cls, at):
+        from avalanche.training.plugins import SupervisedPlugin
+
+        class P(SupervisedPlugin):
+            def __init__(self):
+                super().__init__()
+                self.calls = 0
+
+            def before_forward(self, strategy, **kw):
+                if self.calls in at:
+                    strategy.mbatch[0] = strategy.mbatch[0] * float("nan")
+                self.calls += 1
+
+        return P()
+
+
+def test_unchecked_nonfinite_step_is_counted_and_stores_nothing(tiny_stream):
+    from avalanche_av.training.plugins import OnlineReplayPlugin
+
+    from .conftest import make_strategy
+
+    er = OnlineReplayPlugin(mem_size=64)
+    strategy = make_strategy([_Poison({1}), er], mb=4, nan_check_every=3)
+    with pytest.warns(UserWarning, match="1 of the last 2 training step"):
+        strategy.train(tiny_stream.train_stream[0])  # iterations 0, 1 unchecked; 2 checked
+    n = len(tiny_stream.train_stream[0].dataset)
+    assert strategy.skipped_steps == 1 and er.storage.n_seen == n - 4
+    assert torch.isfinite(er.storage.store.fields["audio"][: len(er.storage)].float()).all()
+    assert all(torch.isfinite(p).all() for p in strategy.model.parameters())
+
+
+def test_unchecked_steps_are_settled_at_the_end_of_the_experience(tiny_stream):
+    from .conftest import make_strategy
+
+    strategy = make_strategy([_Poison({3})], mb=4, nan_check_every=10)  # 4 iterations: none checked
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        strategy.train(tiny_stream.train_stream[0])
+    assert strategy.skipped_steps == 1 and strategy._unchecked_steps == 0
+
+
+def test_unchecked_nonfinite_step_raises_at_the_check(tiny_stream):
+    from avalanche_av.training import NonFiniteLossError
+
+    from .conftest import make_strategy
+
+    strategy = make_strategy([_Poison({0})], mb=4, nan_check_every=2, nan_policy="raise")
+    with pytest.raises(NonFiniteLossError, match="1 of the last 1 training step"):
+        strategy.train(tiny_stream.train_stream[0])
+    assert strategy.clock.train_exp_iterations == 1  # raised at iteration 1's check
+
+
+def test_fused_optimizer_skips_an_unchecked_nonfinite_step_exactly(tiny_stream):
+    import copy
+
+    from .conftest import make_strategy
+
+    strategy = make_strategy([_Poison({0})], mb=4, nan_check_every=4)
+    strategy.optimizer = torch.optim.Adam(strategy.model.parameters(), lr=1e-3, fused=True)
+    before = copy.deepcopy(strategy.model.state_dict())
+    exp = tiny_stream.train_stream[0]
+    first = exp.dataset.subset(list(range(4)))  # exactly the poisoned iteration
+    with pytest.warns(UserWarning, match="non-finite"):
+        strategy.train(_one_batch(first))
+    after = strategy.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert strategy.skipped_steps == 1
+
+
+def _one_batch(dataset):
+    from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
+    from avalanche.benchmarks.scenarios.task_aware import with_task_labels
+
+    return with_task_labels(benchmark_from_datasets(train=[dataset])).train_stream[0]
+
+
+def test_nan_check_every_is_validated():
+    from .conftest import make_strategy
+
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="nan_check_every"):
+            make_strategy(nan_check_every=bad)

@@ -121,6 +121,16 @@ class AVPretraining(SupervisedTemplate):
             ``skipped_steps``, and raise :class:`NonFiniteLossError` after
             ``max_consecutive_nonfinite`` in a row) or ``'raise'`` (raise at once).
         max_consecutive_nonfinite: see ``nan_policy``.
+        nan_check_every: read the loss's finiteness on the host every ``k`` steps (default 1:
+            every step, exactly as ``nan_policy`` says). Each read is a host sync on a GPU; with
+            ``k > 1`` the steps in between are checked **on the device**: a non-finite step's
+            gradients are zeroed before the update (a fused optimizer skips it exactly, through
+            its ``found_inf``; Adam/AdamW otherwise still apply their decayed momentum, and
+            their step counter advances), its memory insertion is dropped when the memory next
+            reads it, and it is counted in ``skipped_steps`` at the next check (every ``k``-th
+            step and at the end of each experience); ``'raise'`` and
+            ``max_consecutive_nonfinite`` act at that check, up to ``k - 1`` steps late. See
+            ``docs/training.md`` ("Non-finite losses").
     """
 
     def __init__(
@@ -140,12 +150,15 @@ class AVPretraining(SupervisedTemplate):
         eval_seed: int = 0,
         nan_policy: str = "skip",
         max_consecutive_nonfinite: int = 20,
+        nan_check_every: int = 1,
         **kwargs,
     ):
         if train_mb_size < 2:
             raise ValueError(f"train_mb_size must be >= 2 (the contrastive term needs negatives), got {train_mb_size}")
         if nan_policy not in ("skip", "raise"):
             raise ValueError(f"nan_policy must be 'skip' or 'raise', got {nan_policy!r}")
+        if isinstance(nan_check_every, bool) or not isinstance(nan_check_every, int) or nan_check_every < 1:
+            raise ValueError(f"nan_check_every must be an int >= 1 (steps between host checks), got {nan_check_every!r}")
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(device)
@@ -185,6 +198,13 @@ class AVPretraining(SupervisedTemplate):
         self.mb_inputs_owner: Any = None
         self.step_skipped = False
         self._mb_cache: Dict[str, torch.Tensor] = {}
+        self.nan_check_every = nan_check_every
+        #: ``()`` bool on the device while the step's finiteness is not known on the host
+        #: (``nan_check_every > 1``), else None; memories pass it on as their ``keep`` flag
+        self.step_finite: Optional[torch.Tensor] = None
+        self._unchecked_steps = 0
+        self._deferred: Optional[Dict[str, torch.Tensor]] = None
+        self._mb_clip_id_host: Optional[torch.Tensor] = None
 
     # ------------------------------------------------------------------ configuration
     @staticmethod
@@ -249,6 +269,12 @@ class AVPretraining(SupervisedTemplate):
     def mb_clip_id(self) -> torch.Tensor:
         """``(R,)`` clip ids."""
         return self._mb_field("clip_id")
+
+    @property
+    def mb_clip_id_host(self) -> torch.Tensor:
+        """``(B,)`` clip ids of the current rows as the data loader produced them (host memory,
+        so reading them is no device sync)."""
+        return self._mb_clip_id_host
 
     @property
     def mb_task(self) -> torch.Tensor:
@@ -370,6 +396,9 @@ class AVPretraining(SupervisedTemplate):
                 "an avalanche-av minibatch must be [audio, video, target, clip_id, task_label]; "
                 f"got {len(mbatch)} elements"
             )
+        # the clip ids as loaded (host memory): plugins that key state by clip read them here
+        # without a device-to-host copy
+        self._mb_clip_id_host = mbatch[_MB_INDEX["clip_id"]]
         for i in range(len(mbatch)):
             mbatch[i] = mbatch[i].to(self.device, non_blocking=True)
         self.mb_n_current = mbatch[0].shape[0]
@@ -442,10 +471,82 @@ class AVPretraining(SupervisedTemplate):
     def _check_distributed_training_compatibility(self):
         return check_plugins_for_distributed(self.plugins)
 
+    # ------------------------------------------------------------------ deferred loss check
+    def _backward_unchecked(self) -> None:
+        """Backward of a step whose loss is not read on the host (``nan_check_every > 1``).
+
+        The finiteness flag stays on the device: it zeroes a non-finite step's gradients, skips a
+        fused optimizer's update (``found_inf``), is the memories' ``keep`` flag, and feeds the
+        counters that :meth:`_settle_unchecked` reads at the next check.
+        """
+        finite = torch.isfinite(self.loss.detach()).all()
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # every rank drops the same steps (their gradient all-reduce must match); a device
+            # collective, no host read
+            flag = finite.to(torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = flag.bool()
+        bad = ~finite
+        d = self._deferred
+        if d is None:
+            zero = torch.zeros((), dtype=torch.int64, device=self.loss.device)
+            run = torch.full((), self._consecutive_nonfinite, dtype=torch.int64, device=self.loss.device)
+            d = self._deferred = {"count": zero, "run": run, "max_run": run.clone()}
+        d["count"] = d["count"] + bad
+        d["run"] = torch.where(bad, d["run"] + 1, torch.zeros_like(d["run"]))
+        d["max_run"] = torch.maximum(d["max_run"], d["run"])
+        self._unchecked_steps += 1
+        self.step_finite = finite
+        with record_function("av.backward"):
+            if self.scaler is not None:
+                self.scaler.scale(self.loss).backward(retain_graph=self.retain_graph)
+            else:
+                self.loss.backward(retain_graph=self.retain_graph)
+        for group in self.optimizer.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.masked_fill_(bad, 0.0)
+        if self.scaler is None and getattr(self.optimizer, "_step_supports_amp_scaling", False):
+            self.optimizer.found_inf = bad.float()  # fused optimizers skip the step on the device
+
+    def _settle_unchecked(self) -> None:
+        """Read the device counters of the unchecked steps (one host read), count the non-finite
+        ones in ``skipped_steps``, and warn or raise as ``nan_policy`` says."""
+        d, self._deferred = self._deferred, None
+        n_unchecked, self._unchecked_steps = self._unchecked_steps, 0
+        if d is None:
+            return
+        count, run, max_run = torch.stack([d["count"], d["run"], d["max_run"]]).tolist()
+        self.skipped_steps += count
+        self._consecutive_nonfinite = run
+        if not count:
+            return
+        msg = (f"{count} of the last {n_unchecked} training step(s) had a non-finite loss (checked on the device, "
+               f"nan_check_every={self.nan_check_every}; before experience {self.clock.train_exp_counter}, "
+               f"iteration {self.clock.train_exp_iterations})")
+        if self.nan_policy == "raise" or max_run >= self.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                msg + f"; up to {max_run} consecutive non-finite steps. Check the inputs (NaN fbank/frames), "
+                "lower the learning rate, or disable AMP."
+            )
+        warnings.warn(msg + "; their updates and memory insertions were dropped (nan_policy='skip')")
+
+    def _after_training_exp(self, **kwargs):
+        self._settle_unchecked()  # skipped_steps is exact at every experience boundary
+        super()._after_training_exp(**kwargs)
+
     # ------------------------------------------------------------------ backward / step
     def backward(self):
         self._skip_update = False
         self.step_skipped = False
+        self.step_finite = None
+        if getattr(self.optimizer, "found_inf", None) is not None and self.scaler is None:
+            self.optimizer.found_inf = None  # set by the previous unchecked step
+        if self.nan_check_every > 1:
+            if self._unchecked_steps + 1 < self.nan_check_every:
+                return self._backward_unchecked()
+            self._settle_unchecked()  # this step is read on the host below, as with nan_check_every=1
         # all_ranks: every rank skips the same steps, or their collectives would not match.
         if not all_ranks(torch.isfinite(self.loss.detach()).all()):
             self.step_skipped = True

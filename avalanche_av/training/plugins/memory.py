@@ -137,10 +137,11 @@ class OnlineMemoryPlugin(SupervisedPlugin):
 
     def after_training_iteration(self, strategy, **kwargs):
         # A step whose loss was not finite is dropped whole: nothing of it enters the memory, so
-        # one poisoned clip cannot make later steps fail again.
+        # one poisoned clip cannot make later steps fail again. Between host checks
+        # (nan_check_every > 1) the step's finiteness is a device flag that travels with the write.
         if not strategy.step_skipped:
             with record_function("memory.add"):
-                self.storage.add(self.insert_fields(strategy))
+                self.storage.add(self.insert_fields(strategy), keep=getattr(strategy, "step_finite", None))
         self.mem_batch = None
         self.mem_slots = None
 
