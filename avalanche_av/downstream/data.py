@@ -39,6 +39,7 @@ __all__ = [
     "TensorMaskSource",
     "SyntheticClips",
     "carve_validation",
+    "limit_train",
     "synthetic_data",
     "ave_data",
     "avsbench_s4_data",
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val", "test")
+#: clips no task reads (e.g. left out by a few-shot limit)
+UNUSED = "unused"
 
 
 class MaskSource(Protocol):
@@ -132,7 +135,7 @@ class DownstreamData:
         self.split = np.asarray(self.split, dtype=object)
         if self.split.shape != (n,):
             raise ValueError(f"{self.name}: split has {self.split.shape[0]} entries for {n} clips")
-        bad = sorted(set(self.split.tolist()) - set(SPLITS))
+        bad = sorted(set(self.split.tolist()) - {*SPLITS, UNUSED})
         if bad:
             raise ValueError(f"{self.name}: unknown split names {bad}; allowed: {list(SPLITS)}")
         for attr in ("labels", "segment_labels"):
@@ -141,7 +144,7 @@ class DownstreamData:
                 raise ValueError(f"{self.name}: {attr} has {t.shape[0]} rows for {n} clips")
         if self.masks is not None and len(self.masks) != n:
             raise ValueError(f"{self.name}: masks has {len(self.masks)} entries for {n} clips")
-        self.report.setdefault("clips", {s: int((self.split == s).sum()) for s in SPLITS})
+        self.report.setdefault("clips", {s: int((self.split == s).sum()) for s in (*SPLITS, UNUSED)})
 
     def __len__(self) -> int:
         return int(self.split.shape[0])
@@ -173,6 +176,32 @@ class DownstreamData:
         for s in ("train", "val", "test"):
             if not (self.split == s).any():
                 raise ValueError(f"dataset {self.name!r} has no {s} clips; task {task!r} needs train, val and test")
+
+
+def limit_train(data: "DownstreamData", per_class: int, seed: int = 0) -> "DownstreamData":
+    """A copy of ``data`` whose training split keeps ``per_class`` clips of each class (few-shot heads).
+
+    The other training clips are marked ``"unused"``; validation and test clips are unchanged and
+    the feature cache is shared (same clips). Unlabelled or multi-label data keeps
+    ``per_class x n_classes`` (or ``per_class``) clips of the whole split.
+    """
+    import dataclasses  # noqa: PLC0415
+
+    if per_class < 1:
+        raise ValueError(f"train_per_class must be >= 1, got {per_class}")
+    split = np.asarray(data.split, dtype=object).copy()
+    rng = np.random.default_rng(seed)
+    train = np.flatnonzero(split == "train")
+    if data.labels is None or data.multi_label:
+        keep = per_class * max(1, data.n_classes)
+        split[rng.permutation(train)[keep:]] = UNUSED
+    else:
+        lab = data.labels.numpy()[train]
+        for c in np.unique(lab):
+            split[rng.permutation(train[lab == c])[per_class:]] = UNUSED
+    report = {**data.report, "train_per_class": per_class}
+    report.pop("clips", None)
+    return dataclasses.replace(data, split=split, report=report)
 
 
 def _key(obj: Any) -> str:
@@ -324,8 +353,10 @@ def synthetic_data(
 _BASE_SHAPES = {"audio_length": 1024, "num_mel_bins": 128, "n_frames": 4, "image_size": 224}
 
 
-def _shapes(input_shapes: Optional[dict], **defaults: int) -> dict:
-    out = {**_BASE_SHAPES, **defaults, **(input_shapes or {})}
+def _shapes(input_shapes: Optional[dict], **dataset: int) -> dict:
+    """Clip shapes: the model's (``input_shapes``, e.g. its preset's) except the time axes a
+    dataset fixes (AVE: 10 frames over 10 s of audio; S4: 5 frames over 5 s)."""
+    out = {**_BASE_SHAPES, **(input_shapes or {}), **dataset}
     bad = sorted(set(out) - set(_BASE_SHAPES))
     if bad:
         raise ValueError(f"input_shapes may only set {sorted(_BASE_SHAPES)}, got {bad}")
@@ -344,19 +375,20 @@ def ave_data(root: str, input_shapes: Optional[dict] = None, video_dir: Optional
              on_missing: str = "error") -> DownstreamData:
     """AVE for event localization (10 one-second segments; classification uses the clip category).
 
-    Default ``n_frames`` is 10, one frame per segment (the model adapts its positional tables).
+    Clips are decoded with 10 frames (one per segment) and 1024 fbank frames (10.24 s); the model
+    adapts its positional tables. ``input_shapes`` gives the mel bins and image side.
     """
     from ..benchmarks.real.ave import read_ave  # noqa: PLC0415
 
     t = read_ave(root, video_dir=video_dir, on_missing=on_missing)  # type: ignore[arg-type]
-    shapes = _shapes(input_shapes, n_frames=10)
+    shapes = _shapes(input_shapes, n_frames=10, audio_length=1024)
     df = t.clips
     entries = df.assign(audio_path=df["video_path"], clip_id=np.arange(len(df)))
     return DownstreamData(
         name="ave", key=_key({"dataset": "ave", "root": str(Path(root).resolve()), "ids": df["video_id"].tolist(),
                               "shapes": shapes}),
         clips=_clip_dataset(entries, shapes), split=df["split"].to_numpy(), input_shapes=shapes,
-        class_names=t.class_names, labels=torch.as_tensor(df["target"].to_numpy()),
+        class_names=t.class_names, labels=torch.tensor(df["target"].to_numpy(dtype=np.int64)),
         segment_labels=torch.as_tensor(t.segment_labels), report={"missing": len(t.missing)},
     )
 
@@ -365,15 +397,15 @@ def avsbench_s4_data(root: str, input_shapes: Optional[dict] = None, mask_size: 
                      on_missing: str = "error") -> DownstreamData:
     """AVSBench S4 for sound-source segmentation (5 frames; train clips have frame 1 annotated).
 
-    Default ``n_frames`` is 5 (every annotated frame); with fewer, frames and masks are sampled
-    at the same evenly spaced indices. Masks are resized (nearest) to ``mask_size`` (default
-    ``image_size``).
+    Clips are decoded with all 5 frames and 512 fbank frames (5.12 s, the clips' length); masks
+    are resized (nearest) to ``mask_size`` (default ``image_size``). ``frame_index`` in the
+    report records which of the five frames were used.
     """
     from ..benchmarks.io.video import sample_frame_indices  # noqa: PLC0415
     from ..benchmarks.real.avsbench import S4_FRAMES, S4MaskSource, read_s4  # noqa: PLC0415
 
     t = read_s4(root, on_missing=on_missing)  # type: ignore[arg-type]
-    shapes = _shapes(input_shapes, n_frames=S4_FRAMES)
+    shapes = _shapes(input_shapes, n_frames=S4_FRAMES, audio_length=512)
     df = t.clips
     frame_index = sample_frame_indices(S4_FRAMES, shapes["n_frames"], train=False).tolist()
     size = int(mask_size or shapes["image_size"])
@@ -382,7 +414,7 @@ def avsbench_s4_data(root: str, input_shapes: Optional[dict] = None, mask_size: 
         name="avsbench-s4", key=_key({"dataset": "avsbench-s4", "root": str(Path(root).resolve()),
                                       "ids": df["name"].tolist(), "shapes": shapes}),
         clips=_clip_dataset(entries, shapes), split=df["split"].to_numpy(), input_shapes=shapes,
-        class_names=t.class_names, labels=torch.as_tensor(df["target"].to_numpy()),
+        class_names=t.class_names, labels=torch.tensor(df["target"].to_numpy(dtype=np.int64)),
         masks=S4MaskSource(df["mask_paths"].tolist(), size, frame_index), mask_size=(size, size),
         report={"missing": len(t.missing), "frame_index": frame_index},
     )
@@ -425,7 +457,7 @@ def vggsound_data(root: str, input_shapes: Optional[dict] = None, csv: Optional[
         raise ManifestError(rep.summary())
     df = located[located["found"]].reset_index(drop=True)
     classes = sorted(df["label"].unique().tolist())
-    labels = torch.as_tensor(df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(), dtype=torch.int64)
+    labels = torch.tensor(df["label"].map({c: i for i, c in enumerate(classes)}).to_numpy(dtype=np.int64))
     shapes = _shapes(input_shapes)
     entries = df.assign(clip_id=np.arange(len(df)))
     split = carve_validation(df["split"].to_numpy(), labels, val_fraction, split_seed)

@@ -7,9 +7,11 @@ Kinds (``D`` = encoder width, ``F`` = frames, ``g`` = patch grid side, ``S`` = s
   classification input);
 * ``"audio"`` / ``"video"`` ``(N, D)``: the unimodal embeddings
   (:meth:`~avalanche_av.models.AVMAE.embed_audio` / ``embed_video``, L2-normalised);
-* ``"segments{S}"`` ``(N, S, 2D)``: per one-of-``S`` time segment, the mean of the normalised
-  joint audio tokens whose time index falls in the segment, and the mean of the video tokens
-  of the frame at the segment's centre;
+* ``"segments{S}"`` ``(N, S, 4D)``: per one-of-``S`` time segment, ``[audio; video]`` where each
+  half is ``[modality-encoder output; normalised joint output]``: the mean of the audio tokens
+  whose time index falls in the segment, and the mean of the video tokens of the frame at the
+  segment's centre. Two depths because temporal localization needs local evidence (the last
+  modality-specific block, before fusion mixes the clip) as well as the fused context;
 * ``"multiscale"`` ``(N, L, F, g, g, D)`` float16: video tokens after a few modality-specific
   blocks and after the shared blocks (the joint output), the segmentation decoder's input;
   levels are listed by :func:`default_levels`.
@@ -27,7 +29,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Any, Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,7 +43,7 @@ from .data import DownstreamData
 __all__ = ["FeatureExtractor", "default_levels", "segment_pool", "segment_assignment", "FEATURE_VERSION"]
 
 #: Bumped when a kind's definition changes, so old caches are not reused.
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 
 
 def default_levels(model: AVMAE) -> list[int]:
@@ -72,25 +74,39 @@ def segment_assignment(n_items: int, n_segments: int) -> torch.Tensor:
     return (w / w.sum(1, keepdim=True)).float()
 
 
-def segment_pool(tokens_a: torch.Tensor, tokens_v: torch.Tensor, n_time: int, n_frames: int, n_segments: int) -> torch.Tensor:
+def segment_pool(
+    tokens_a: Union[torch.Tensor, Sequence[torch.Tensor]],
+    tokens_v: Union[torch.Tensor, Sequence[torch.Tensor]],
+    n_time: int,
+    n_frames: int,
+    n_segments: int,
+) -> torch.Tensor:
     """Per-segment ``[audio; video]`` means.
 
     Args:
-        tokens_a: ``(B, n_time * n_freq, D)`` audio tokens, time-major (index ``t * n_freq + f``).
-        tokens_v: ``(B, n_frames * g * g, D)`` video tokens, frame-major.
+        tokens_a: ``(B, n_time * n_freq, D)`` audio tokens, time-major (index ``t * n_freq + f``),
+            or a sequence of such tensors (e.g. several depths), pooled alike and concatenated.
+        tokens_v: ``(B, n_frames * g * g, D)`` video tokens, frame-major (or a sequence).
         n_time, n_frames: token grid sizes along time.
         n_segments: ``S``.
 
     Returns:
-        ``(B, S, 2D)``; the audio half averages the time steps in each segment, the video half
-        the frame at each segment's centre (frames averaged when several fall in a segment).
+        ``(B, S, (k_a + k_v) D)``; the audio part averages the time steps in each segment, the
+        video part the frame at each segment's centre (frames averaged when several fall in a
+        segment).
     """
-    b, _, d = tokens_a.shape
-    a = tokens_a.view(b, n_time, -1, d).mean(2)  # (B, n_time, D)
-    v = tokens_v.view(b, n_frames, -1, d).mean(2)  # (B, n_frames, D)
-    wa = segment_assignment(n_time, n_segments).to(a)
-    wv = _frame_of_segment(n_frames, n_segments).to(v)
-    return torch.cat([torch.einsum("st,btd->bsd", wa, a), torch.einsum("sf,bfd->bsd", wv, v)], dim=-1)
+    la = [tokens_a] if isinstance(tokens_a, torch.Tensor) else list(tokens_a)
+    lv = [tokens_v] if isinstance(tokens_v, torch.Tensor) else list(tokens_v)
+    wa = segment_assignment(n_time, n_segments).to(la[0])
+    wv = _frame_of_segment(n_frames, n_segments).to(lv[0])
+    parts = []
+    for t in la:
+        b, _, d = t.shape
+        parts.append(torch.einsum("st,btd->bsd", wa, t.reshape(b, n_time, -1, d).mean(2)))
+    for t in lv:
+        b, _, d = t.shape
+        parts.append(torch.einsum("sf,bfd->bsd", wv, t.reshape(b, n_frames, -1, d).mean(2)))
+    return torch.cat(parts, dim=-1)
 
 
 def _frame_of_segment(n_frames: int, n_segments: int) -> torch.Tensor:
@@ -220,7 +236,7 @@ class FeatureExtractor:
         if kind == "multiscale":
             return (n, len(self.levels) + 1, c.n_frames, c.grid, c.grid, d), np.dtype(np.float16)
         s = int(kind[len("segments"):])
-        return (n, s, 2 * d), np.dtype(np.float32)
+        return (n, s, 4 * d), np.dtype(np.float32)
 
     def _extract(self, data: DownstreamData, kinds: list[str]) -> dict[str, torch.Tensor]:
         from tqdm.auto import tqdm  # noqa: PLC0415
@@ -239,12 +255,19 @@ class FeatureExtractor:
                 tmp_paths[k] = tmp
             else:
                 arrays[k] = np.empty(shape, dtype=dtype)
-        captured: dict[int, torch.Tensor] = {}
+        captured: dict[Any, torch.Tensor] = {}
         hooks = []
         if "multiscale" in kinds:
             for lvl in self.levels:
                 hooks.append(model.blocks_v[lvl].register_forward_hook(
                     lambda _m, _i, o, lvl=lvl: captured.__setitem__(lvl, o)))
+        if any(k.startswith("segments") for k in kinds):
+            if c.modality_depth == 0:
+                raise ValueError("segment features need at least one modality-specific block")
+            # Modality-encoder outputs: the last block of each tower, seen during forward_joint.
+            for name, blocks in (("mod_a", model.blocks_a), ("mod_v", model.blocks_v)):
+                hooks.append(blocks[-1].register_forward_hook(
+                    lambda _m, _i, o, name=name: captured.__setitem__(name, o)))
         model.to(self.device)
         loader = DataLoader(data.clips, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
         use_amp = self.amp and self.device.type == "cuda"
@@ -271,7 +294,8 @@ class FeatureExtractor:
                             lv = [captured[l] for l in self.levels] + [jv]
                             val = torch.stack(lv, 1).view(b, len(lv), c.n_frames, c.grid, c.grid, c.embed_dim)
                         else:
-                            val = segment_pool(ja, jv, c.n_time, c.n_frames, int(k[len("segments"):]))
+                            val = segment_pool((captured["mod_a"], ja), (captured["mod_v"], jv), c.n_time, c.n_frames,
+                                               int(k[len("segments"):]))
                         arrays[k][lo:lo + b] = val.float().cpu().numpy().astype(arrays[k].dtype, copy=False)
                     lo += b
                     self.passes += 1

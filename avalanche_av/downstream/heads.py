@@ -154,6 +154,7 @@ def fit_head(
     val_score: Callable[[nn.Module], float],
     max_epochs: int = 100,
     patience: int = 10,
+    min_epochs: int = 0,
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     batch_size: int = 64,
@@ -169,12 +170,16 @@ def fit_head(
         train_step_loss: ``(head, idx (b,) int64) -> scalar loss`` of a training minibatch.
         val_score: ``head -> float`` on the validation split (called in eval mode, no grad).
         max_epochs, patience: stop after ``patience`` epochs without a better validation score.
+        min_epochs: never stop before this epoch (a decoder's first epochs often sit on a trivial
+            answer, e.g. "no mask", whose score a plateau of patience would otherwise lock in).
         seed: minibatch order.
     """
     from tqdm.auto import tqdm  # noqa: PLC0415
 
     if n_train < 1:
         raise ValueError("fit_head needs at least one training item")
+    if min_epochs < 0:
+        raise ValueError(f"min_epochs must be >= 0, got {min_epochs}")
     if max_epochs < 1 or patience < 1 or batch_size < 1:
         raise ValueError(f"max_epochs, patience and batch_size must be >= 1, got {max_epochs}, {patience}, {batch_size}")
     params = [p for p in head.parameters() if p.requires_grad]
@@ -208,7 +213,7 @@ def fit_head(
         else:
             since += 1
         bar.set_postfix(loss=f"{total / count:.3f}", val=f"{score:.3f}", best=f"{best:.3f}")
-        if since >= patience:
+        if since >= patience and epoch >= min_epochs:
             break
     head.load_state_dict(best_state)
     head.eval()

@@ -2,8 +2,8 @@
 
 The decoder (:class:`~avalanche_av.downstream.heads.SegmentationDecoder`) reads the video tokens
 of one frame at several depths (``"multiscale"`` features: a few modality-specific blocks and
-the shared blocks) plus that frame's audio vector (the frame's segment of the joint audio
-tokens), and predicts a mask at the dataset's mask resolution. It trains with BCE + Dice on
+the shared blocks) plus that frame's audio vector (the frame's segment of the audio tokens, at the
+modality-encoder output and the joint output), and predicts a mask at the dataset's mask resolution. It trains with BCE + Dice on
 the annotated frames of the training split (AVSBench train clips: frame 1 only; the
 synthetic stream: every frame, silent frames having an empty mask) and is selected on the
 validation mIoU.
@@ -42,7 +42,8 @@ def run_segmentation(
     use_audio: bool = True,
     max_epochs: int = 60,
     patience: int = 8,
-    lr: float = 1e-3,
+    min_epochs: int = 15,
+    lr: float = 3e-3,
     weight_decay: float = 1e-4,
     batch_size: int = 64,
     eval_batch_size: int = 128,
@@ -62,7 +63,7 @@ def run_segmentation(
     f = c.n_frames
     feats = extractor.get(data, ["multiscale", f"segments{f}"])
     ms = feats["multiscale"]  # (N, L, F, g, g, D) float16
-    audio = feats[f"segments{f}"][..., : c.embed_dim]  # (N, F, D): each frame's audio half
+    audio = feats[f"segments{f}"][..., : 2 * c.embed_dim]  # (N, F, 2D): each frame's audio part (two depths)
     valid = data.masks.valid_frames()
     size = data.mask_size
     tr_c, tr_f = _frame_items(valid, data.indices("train"))
@@ -71,7 +72,7 @@ def run_segmentation(
     if len(tr_c) == 0 or len(va_c) == 0 or len(te_c) == 0:
         raise ValueError(f"dataset {data.name!r} needs annotated frames in train, val and test for segmentation")
     torch.manual_seed(seed)
-    net = SegmentationDecoder(ms.shape[1], c.embed_dim, audio_dim=c.embed_dim if use_audio else 0, width=width)
+    net = SegmentationDecoder(ms.shape[1], c.embed_dim, audio_dim=audio.shape[-1] if use_audio else 0, width=width)
 
     def forward(h, ci, fi):
         return h(ms[ci, :, fi].float(), audio[ci, fi].float() if use_audio else None, size)
@@ -101,7 +102,7 @@ def run_segmentation(
         return iou, torch.cat(precs), torch.cat(recs)
 
     fit = fit_head(net, len(tr_c), loss_fn, lambda h: float(evaluate(h, va_c, va_f).mean()), max_epochs=max_epochs,
-                   patience=patience, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
+                   patience=patience, min_epochs=min_epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
                    progress=progress, desc="segment")
     with torch.no_grad():
         iou, prec, rec = evaluate(net, te_c, te_f, curves=True)
