@@ -21,6 +21,7 @@ other settings is refused before anything runs. See ``docs/compare.md``.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import re
@@ -37,6 +38,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from .experiment import SAFE_TO_CHANGE_ON_RESUME, RunConfig, run_experiment
+from .training.distributed import is_main_process
 
 __all__ = [
     "compare_strategies",
@@ -409,6 +411,9 @@ def summarize(runs: Mapping[str, Mapping[str, Mapping[str, Any]]], strategies: S
                     entry["matrix_mean"][d][c] = None
         walls = [r.get("wall_seconds") for r in recs]
         peaks = [r.get("peak_rss_mb") for r in recs]
+        increases = [r["peak_rss_mb"] - r["start_rss_mb"] if r.get("peak_rss_mb") is not None
+                     and r.get("start_rss_mb") is not None and r.get("rss_method") == "vmhwm" else None
+                     for r in recs]
         cudas = [r.get("peak_cuda_mb") for r in recs]
 
         def _max(xs):
@@ -419,6 +424,7 @@ def summarize(runs: Mapping[str, Mapping[str, Mapping[str, Any]]], strategies: S
             "wall_seconds": _stats(walls),
             "wall_seconds_total": float(sum(x for x in walls if x is not None)),
             "peak_rss_mb_max": _max(peaks),
+            "rss_increase_mb_max": _max(increases),
             "peak_cuda_mb_max": _max(cudas),
             "statuses": [r["status"] for r in recs],
         }
@@ -448,17 +454,22 @@ def best_methods(data: Mapping[str, Any], direction: str, col: str, which: str, 
     return [m for m, v in vals.items() if v == target]
 
 
+def _num(v: float, decimals: int) -> str:
+    # "+ 0.0" turns a rounded -0.0 (a tiny negative forgetting) into 0.0: no "-0.00" cells.
+    return f"{round(v, decimals) + 0.0:.{decimals}f}"
+
+
 def _fmt(stats: Mapping[str, Any], decimals: int = 2) -> str:
     if stats.get("mean") is None:
         return "—"
-    text = f"{stats['mean']:.{decimals}f}"
+    text = _num(stats["mean"], decimals)
     if stats.get("std") is not None:
-        text += f" ± {stats['std']:.{decimals}f}"
+        text += f" ± {_num(stats['std'], decimals)}"
     return text
 
 
 def _fmt_num(v: Optional[float], decimals: int) -> str:
-    return "—" if v is None else f"{v:.{decimals}f}"
+    return "—" if v is None else _num(v, decimals)
 
 
 def render_markdown(data: Mapping[str, Any]) -> str:
@@ -478,10 +489,13 @@ def render_markdown(data: Mapping[str, Any]) -> str:
         f"{', '.join(cols[:-1])}. **Bold**: the best of each column (highest A, lowest F). "
         f"Reference rows (marked ‡: multitask, cumulative) train on all data seen or to come and are "
         f"not ranked; multitask trains once, so its F is not measured (—). "
-        f"Time: mean wall-clock seconds per run; peak RSS: the largest over seeds.",
+        f"Time: mean wall-clock seconds per run. Peak RSS: the process's resident memory at its peak "
+        f"during the run; +run: that peak minus the resident memory when the run started (the run's own "
+        f"footprint); both the largest over seeds.",
         "",
     ]
-    header = ["Method"] + [f"{c} {w}" for c in cols for w in ("A↑", "F↓")] + ["time/run (s)", "peak RSS (MB)"]
+    header = ["Method"] + [f"{c} {w}" for c in cols for w in ("A↑", "F↓")] + ["time/run (s)", "peak RSS (MB)",
+                                                                              "+run (MB)"]
     if cuda:
         header.append("peak CUDA (MB)")
     for d in DIRECTIONS:
@@ -497,7 +511,8 @@ def render_markdown(data: Mapping[str, Any]) -> str:
                     text = _fmt(s[d][c][w])
                     cells.append(f"**{text}**" if m in best[(c, w)] and text != "—" else text)
             cost = s["cost"]
-            cells += [_fmt_num(cost["wall_seconds"]["mean"], 1), _fmt_num(cost["peak_rss_mb_max"], 0)]
+            cells += [_fmt_num(cost["wall_seconds"]["mean"], 1), _fmt_num(cost["peak_rss_mb_max"], 0),
+                      _fmt_num(cost["rss_increase_mb_max"], 0)]
             if cuda:
                 cells.append(_fmt_num(cost["peak_cuda_mb_max"], 0))
             lines.append("| " + " | ".join(cells) + " |")
@@ -531,6 +546,7 @@ def render_csv(data: Mapping[str, Any]) -> pd.DataFrame:
             row["wall_seconds_mean"] = s["cost"]["wall_seconds"]["mean"]
             row["wall_seconds_total"] = s["cost"]["wall_seconds_total"]
             row["peak_rss_mb_max"] = s["cost"]["peak_rss_mb_max"]
+            row["rss_increase_mb_max"] = s["cost"]["rss_increase_mb_max"]
             row["peak_cuda_mb_max"] = s["cost"]["peak_cuda_mb_max"]
             rows.append(row)
     return pd.DataFrame(rows)
@@ -653,6 +669,7 @@ def compare_strategies(
     if forgetting not in FORGETTING:
         raise ValueError(f"forgetting must be one of {FORGETTING}, got {forgetting!r}")
     seeds = [int(s) for s in seeds]
+    main = is_main_process()  # under torchrun every rank trains each run; rank 0 draws bars and writes
     plans = plan_runs(base, strategies, seeds, method_options)
     out = Path(base.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -660,7 +677,7 @@ def compare_strategies(
     runs: Dict[str, Dict[str, Any]] = {m: {} for m in strategies}
     executed = 0
     outer = _tqdm(total=len(plans), desc="compare", unit="run", position=0, dynamic_ncols=True,
-                  disable=progress == "none")
+                  disable=progress == "none" or not main)
     try:
         for i_m, method in enumerate(strategies):
             for plan in (p for p in plans if p.method == method):
@@ -678,10 +695,11 @@ def compare_strategies(
                 cfg = dataclasses.replace(plan.cfg, progress=progress == "full")
                 extra: list = []
                 inner = None
-                if progress == "compact":
+                if progress == "compact" and main:
                     inner = _tqdm(total=cfg.n_tasks * cfg.epochs, desc=label, unit="epoch", position=1,
                                   leave=False, dynamic_ncols=True)
                     extra.append(_EpochBar(inner, f"{method} s{plan.seed}"))
+                gc.collect()  # let the previous run's objects go before this run's memory is measured
                 try:
                     t0 = time.perf_counter()
                     with PeakMemory(cfg.device) as mem, warnings.catch_warnings():
@@ -695,11 +713,14 @@ def compare_strategies(
                 executed += 1
                 measured = {"wall_seconds": wall, "peak_rss_mb": mem.peak_rss_mb, "start_rss_mb": mem.start_rss_mb,
                             "peak_cuda_mb": mem.peak_cuda_mb, "rss_method": mem.method}
-                (folder / "compare_run.json").write_text(json.dumps(
-                    {"method": method, "seed": plan.seed, "measured": measured,
-                     "resumed_after_experiences": summary.get("resumed_after_experiences", 0)}, indent=2))
+                if main:
+                    (folder / "compare_run.json").write_text(json.dumps(
+                        {"method": method, "seed": plan.seed, "measured": measured,
+                         "resumed_after_experiences": summary.get("resumed_after_experiences", 0)}, indent=2))
                 status = "resumed" if plan.state == "partial" else "ran"
-                results = json.loads((folder / "results.json").read_text())
+                # other ranks read the summary they hold (rank 0 may still be writing the file)
+                results = json.loads((folder / "results.json").read_text()) if main else \
+                    json.loads(json.dumps({k: v for k, v in summary.items() if k != "table"}, default=str))
                 runs[method][str(plan.seed)] = run_record(results, ks, measured, status=status)
                 outer.update(1)
     finally:
@@ -707,6 +728,9 @@ def compare_strategies(
     used_options = {m: dict(next(p.cfg.strategy_options for p in plans if p.method == m)) for m in strategies}
     data = assemble(base, strategies, seeds, runs, forgetting=forgetting, method_options=used_options,
                     executed=executed)
+    if not main:
+        data["paths"] = {}
+        return data
     (out / "compare.json").write_text(json.dumps(data, indent=2))
     paths = write_reports(data, out, heatmap_k=heatmap_k)
     data["paths"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}

@@ -53,10 +53,10 @@ def planted():
     runs = {
         "er": {
             "0": run_record(_planted_results(_both({1: 0.10, 5: 0.30, 10: 0.50}), _both({1: 0.04, 5: 0.02, 10: 0.00})),
-                            KS, {"wall_seconds": 5.0, "peak_rss_mb": 100.0}),
+                            KS, {"wall_seconds": 5.0, "peak_rss_mb": 100.0, "start_rss_mb": 70.0, "rss_method": "vmhwm"}),
             "1": run_record(_planted_results(_both({1: 0.20, 5: 0.40, 10: 0.60}), _both({1: 0.02, 5: 0.00, 10: 0.04}),
                                              [[0.7, 0.05], [0.35, 0.3]]),
-                            KS, {"wall_seconds": 7.0, "peak_rss_mb": 120.0}),
+                            KS, {"wall_seconds": 7.0, "peak_rss_mb": 120.0, "start_rss_mb": 100.0, "rss_method": "vmhwm"}),
         },
         "stella": {
             "0": run_record(_planted_results(_both({1: 0.30, 5: 0.50, 10: 0.70}), _both({1: 0.06, 5: 0.01, 10: 0.00})),
@@ -92,6 +92,8 @@ def test_aggregation_equals_hand_computation(planted):
     # Cost: mean wall time, the largest peak RSS.
     assert s["er"]["cost"]["wall_seconds"]["mean"] == pytest.approx(6.0)
     assert s["er"]["cost"]["peak_rss_mb_max"] == pytest.approx(120.0)
+    assert s["er"]["cost"]["rss_increase_mb_max"] == pytest.approx(30.0)  # max(100 - 70, 120 - 100)
+    assert s["stella"]["cost"]["rss_increase_mb_max"] is None  # no start recorded: unknown, not 0
     # Multitask trains once: its F is not a measurement; a single seed has no std.
     mt = s["multitask"]
     assert mt["trains_once"] and mt["reference"] == "joint"
@@ -107,12 +109,13 @@ def test_markdown_bolds_the_best_and_dashes_multitask_f(planted):
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in a2v_block.splitlines() if line.startswith("| ") and not line.startswith("| Method")}
     er, stella, mt = rows["er"], rows["stella"], rows["multitask ‡"]
-    # Columns: R@1 A, R@1 F, R@5 A, R@5 F, R@10 A, R@10 F, Avg A, Avg F, time, peak RSS.
+    # Columns: R@1 A, R@1 F, R@5 A, R@5 F, R@10 A, R@10 F, Avg A, Avg F, time, peak RSS, +run.
     assert stella[0] == "**30.00 ± 0.00**" and not er[0].startswith("**")  # max A
     assert er[1].startswith("**3.00 ± 1.41") and not stella[1].startswith("**")  # min F (3 < 6)
     assert stella[6].startswith("**50.00") and er[7].startswith("**2.00")  # Avg A and Avg F
     # The reference row is shown, never bold (its A of 90 % would otherwise win), F not measured.
     assert mt[0] == "90.00" and mt[1] == "—" and mt[7] == "—"
+    assert er[8:] == ["6.0", "120", "30"] and stella[10] == "—"
     assert best_methods(data, "a2v", "R@1", "A") == ["stella"]
     assert "## Video → Audio" in md
     # CSV: one row per method and direction, from the same numbers.
@@ -208,8 +211,10 @@ def test_compare_resume_skips_finished_and_continues_checkpoints(compared, tmp_p
         return original(cfg, **kw)
 
     compare.run_experiment = counting
+    # With the compact progress display this time (its plugin rides along the resumed run).
+    with_bars = [a for a in SMALL if a != "--no-progress"]
     try:
-        assert main(["compare", "--strategies", "er,multitask", "--seeds", "0,1", "--out", str(out), *SMALL]) == 0
+        assert main(["compare", "--strategies", "er,multitask", "--seeds", "0,1", "--out", str(out), *with_bars]) == 0
     finally:
         compare.run_experiment = original
     assert calls == [("er", 1, True)]  # the three finished runs are read back, never retrained
