@@ -27,6 +27,11 @@ and the template's MAE + InfoNCE runs inside the selection. ``before_backward`` 
 After the step the current samples are offered to the reservoir (the online-memory base).
 Evaluation is untouched: these hooks only run in training.
 
+**Score cache** (an option beyond the paper, off by default: ``score_cache_epochs=k``): a
+clip's importance, pooled queries and exclusion probabilities are reused for ``k`` epochs
+after it was scored, instead of re-scoring it at every step; only clips without valid cached
+scores go through stages 1-4 (``docs/stella.md``, "Score cache").
+
 Each stage is wrapped in a ``torch.profiler.record_function`` range named ``stella.<stage>``
 (``score``, ``avm_loss``, ``importance``, ``exclusion``, ``select_current``, ``select_memory``,
 ``penalty``, ``memory_update``), which :mod:`avalanche_av.evaluation.efficiency` aggregates.
@@ -46,6 +51,7 @@ from ...models.inputs import PatchBatch, normalize_video_patches, prepare_video
 from ...models.patching import gather_patches, patchify_video
 from .. import selection as sel
 from ..losses import embedding_penalty
+from ..score_cache import CACHED_FIELDS, ScoreCache
 from ..storage_policy import StellaBuffer
 from .memory import OnlineMemoryPlugin
 
@@ -98,6 +104,12 @@ class StellaStep:
         idx_a, idx_v: ``(B, κ)`` selected patch indices of the current samples.
         memory: the memory batch drawn this step (fields on the device) or ``None``.
         penalty: ``()`` the embedding penalty ℓ_p once computed (detached), else ``None``.
+        scored_rows: with the score cache, the batch rows ``(m,)`` that went through stages 1-4
+            this step (the others reused cached scores); ``scores`` then holds the full-batch
+            patches, but tokens, fused features and the AVM output of these rows only (``None``
+            when no row was scored). ``None`` without the cache (every row is scored).
+        avm_stats: ``(loss, acc)`` reported in ``last_stats`` when they differ from
+            ``(avm_loss, avm_acc)``: a step that scored no row repeats the last scored values.
     """
 
     n_current: int
@@ -119,6 +131,8 @@ class StellaStep:
     idx_v: Optional[Tensor] = None
     memory: Optional[Dict[str, Tensor]] = None
     penalty: Optional[Tensor] = None
+    scored_rows: Optional[Tensor] = None
+    avm_stats: Optional[tuple] = None
 
 
 @dataclass
@@ -161,6 +175,14 @@ class StellaPlugin(OnlineMemoryPlugin):
         storage_policy: a :class:`~avalanche_av.training.storage_policy.StellaBuffer` to use.
         memory_device: where a new memory lives (CPU, pinned when CUDA is present).
         seed: seed of the memory's sampling generator.
+        score_cache_epochs: ``0`` (default, the paper): every current clip is scored at every
+            step. ``k >= 1`` (an option beyond the paper, ``docs/stella.md`` "Score cache"): a
+            clip's importance, pooled queries and exclusion probabilities are reused for ``k``
+            epochs after it was scored. Cached rows skip the scoring pass **and the AVM's
+            matching loss**: the AVM trains on the scored rows only (on a step where every row
+            is cached it gets no update). Cached rows are selected like memory samples (fresh
+            draws from their stored scores). Costs ``2·(2·Na + 2·Nv + 2·D)`` bytes per clip seen
+            on the strategy's device (8,256 B at ``base``).
 
     Raises:
         ValueError: a ρ outside (0, 1], an unknown selection mode, ``mem_size < 1``, a
@@ -204,7 +226,10 @@ class StellaPlugin(OnlineMemoryPlugin):
         storage_policy: Optional[StellaBuffer] = None,
         memory_device: str = "cpu",
         seed: int = 0,
+        score_cache_epochs: int = 0,
     ):
+        if isinstance(score_cache_epochs, bool) or not isinstance(score_cache_epochs, int) or score_cache_epochs < 0:
+            raise ValueError(f"score_cache_epochs must be an int >= 0 (0: off), got {score_cache_epochs!r}")
         for name, rho in (("rho_a", rho_a), ("rho_v", rho_v)):
             if not 0.0 < rho <= 1.0:
                 raise ValueError(f"{name} is the fraction of patches kept and must be in (0, 1], got {rho}")
@@ -239,6 +264,12 @@ class StellaPlugin(OnlineMemoryPlugin):
         #: the step in flight (between before_forward and after_training_iteration)
         self.step: Optional[StellaStep] = None
         self.last_stats: Optional[StellaStepStats] = None
+        self.score_cache_epochs = score_cache_epochs
+        #: the score cache (``score_cache_epochs > 0``), or None
+        self.score_cache: Optional[ScoreCache] = ScoreCache(score_cache_epochs) if score_cache_epochs else None
+        #: training epochs completed (the cache's clock)
+        self.epochs_seen = 0
+        self._avm_carry: Optional[tuple] = None
 
     # ------------------------------------------------------------------ memory layout
     def make_storage(self, mem_size: int, device: str) -> StellaBuffer:
@@ -414,17 +445,16 @@ class StellaPlugin(OnlineMemoryPlugin):
         idx_v = self._select_video(memory["imp_v"].float(), excl_v, False, c)
         return PatchBatch(gather_patches(pa, idx_a), idx_a, gather_patches(pv, idx_v), idx_v)
 
-    # ------------------------------------------------------------------ hooks
-    def before_forward(self, strategy, **kwargs):
-        model, c = strategy.model, strategy.model.config
-        b = strategy.mb_n_current
-        memory = self.draw_memory(strategy)
+    def _score_stages(self, strategy, memory: Optional[Dict[str, Tensor]], audio: Tensor, video: Tensor) -> StellaStep:
+        """Stages 1-4 for ``audio (n, T, F)`` / ``video (n, ...)`` current clips: scoring, the AVM
+        loss, importance and queries, exclusion probabilities and masks."""
+        c = strategy.model.config
         with record_function("stella.score"):
-            scores = self._score(strategy, strategy.mb_audio[:b], strategy.mb_video[:b])
+            scores = self._score(strategy, audio, video)
         with record_function("stella.avm_loss"):
             loss_avm, acc = self._avm_loss(strategy, scores)
-        step = StellaStep(n_current=b, first_step=memory is None, scores=scores, avm_loss=loss_avm, avm_acc=acc,
-                          memory=memory)
+        step = StellaStep(n_current=audio.shape[0], first_step=memory is None, scores=scores, avm_loss=loss_avm,
+                          avm_acc=acc, memory=memory)
         with torch.no_grad():
             with record_function("stella.importance"):
                 (step.imp_a, step.imp_v, step.cand_a, step.cand_v,
@@ -433,6 +463,70 @@ class StellaPlugin(OnlineMemoryPlugin):
                 step.p_excl_a, step.p_excl_v = self._exclusion(step, memory)
                 step.excl_a = sel.bernoulli_exclusion(step.p_excl_a)
                 step.excl_v = sel.bernoulli_exclusion(step.p_excl_v)
+        return step
+
+    def _score_stages_cached(self, strategy, memory: Optional[Dict[str, Tensor]], b: int) -> StellaStep:
+        """Stages 1-4 with the score cache: rows with scores from the last ``score_cache_epochs``
+        epochs reuse them (importance, queries, exclusion probabilities; fresh exclusion draws),
+        the other rows go through :meth:`_score_stages` and refresh the cache."""
+        cache, epoch = self.score_cache, self.epochs_seen
+        ids = strategy.mb_clip_id_host[:b]  # host ids: the lookup never waits for the device
+        audio, video = strategy.mb_audio[:b], strategy.mb_video[:b]
+        with record_function("stella.score_cache"):
+            hit, rows, miss = cache.lookup(ids, epoch)
+        if hit.numel() == 0:  # nothing cached: the paper's step, then remember its scores
+            step = self._score_stages(strategy, memory, audio, video)
+            step.scored_rows = miss
+            with record_function("stella.score_cache"):
+                cache.put(ids, {k: getattr(step, k) for k in CACHED_FIELDS}, epoch)
+            self._avm_carry = (step.avm_loss.detach(), step.avm_acc)
+            return step
+        dev = audio.device
+        with torch.no_grad(), record_function("stella.score_cache"):
+            full = {}
+            got = cache.get(rows, dev)
+            hit_d = hit.to(dev, non_blocking=True)
+            for k, v in got.items():
+                full[k] = torch.empty((b, *v.shape[1:]), dtype=torch.float32, device=dev)
+                full[k][hit_d] = v
+            pa, pv = strategy.model.patchify(audio, video)
+        sub = None
+        if miss.numel():
+            miss_d = miss.to(dev, non_blocking=True)
+            sub = self._score_stages(strategy, memory, audio[miss_d], video[miss_d])
+            with torch.no_grad(), record_function("stella.score_cache"):
+                for k in CACHED_FIELDS:
+                    full[k][miss_d] = getattr(sub, k).float()
+                cache.put(ids[miss], {k: getattr(sub, k) for k in CACHED_FIELDS}, epoch)
+            self._avm_carry = (sub.avm_loss.detach(), sub.avm_acc)
+            loss_avm, acc, s = sub.avm_loss, sub.avm_acc, sub.scores
+            scores = StellaScores(pa, pv, s.tokens_a, s.tokens_v, s.fused_a, s.fused_v, s.avm)
+            stats = None
+        else:  # every row cached: no scoring pass, no AVM update this step
+            loss_avm = torch.zeros((), device=dev)
+            acc = torch.full((), float("nan"), device=dev)
+            scores = StellaScores(pa, pv, None, None, None, None, None)
+            stats = self._avm_carry
+        step = StellaStep(n_current=b, first_step=memory is None, scores=scores, avm_loss=loss_avm, avm_acc=acc,
+                          memory=memory, scored_rows=miss, avm_stats=stats, **full)
+        with torch.no_grad(), record_function("stella.exclusion"):
+            step.cand_a = sel.top_candidates(step.imp_a, self.kappa_a)
+            step.cand_v = sel.top_candidates(step.imp_v, self.kappa_v)
+            step.excl_a = sel.bernoulli_exclusion(step.p_excl_a)
+            step.excl_v = sel.bernoulli_exclusion(step.p_excl_v)
+        return step
+
+    # ------------------------------------------------------------------ hooks
+    def before_forward(self, strategy, **kwargs):
+        model, c = strategy.model, strategy.model.config
+        b = strategy.mb_n_current
+        memory = self.draw_memory(strategy)
+        if self.score_cache is None:
+            step = self._score_stages(strategy, memory, strategy.mb_audio[:b], strategy.mb_video[:b])
+        else:
+            step = self._score_stages_cached(strategy, memory, b)
+        loss_avm, acc = step.avm_loss, step.avm_acc
+        with torch.no_grad():
             with record_function("stella.select_current"):
                 parts = [self._select_current(step, c)]
             if memory is not None:
@@ -447,8 +541,9 @@ class StellaPlugin(OnlineMemoryPlugin):
         strategy.mb_patches = PatchBatch.cat(parts)
         self.step = step
         self.mem_batch = memory
+        stats_loss, stats_acc = step.avm_stats or (loss_avm, acc)
         self.last_stats = StellaStepStats(
-            avm_loss=loss_avm.detach(), avm_acc=acc, penalty=None, n_current=b,
+            avm_loss=stats_loss.detach(), avm_acc=stats_acc, penalty=None, n_current=b,
             n_memory=0 if memory is None else len(parts[1]),
             excluded_frac_v=step.excl_v.float().mean(), excluded_frac_a=step.excl_a.float().mean(),
         )
@@ -497,13 +592,25 @@ class StellaPlugin(OnlineMemoryPlugin):
             super().after_training_iteration(strategy, **kwargs)
         self.step = None
 
+    def after_training_epoch(self, strategy, **kwargs):
+        self.epochs_seen += 1  # the score cache's clock
+
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        return {**super().state_dict(), "avm": self.avm.state_dict() if self.avm is not None else None}
+        state = {**super().state_dict(), "avm": self.avm.state_dict() if self.avm is not None else None}
+        if self.score_cache is not None:
+            state.update(score_cache=self.score_cache.state_dict(), epochs_seen=self.epochs_seen,
+                         avm_carry=self._avm_carry)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         if state["avm"] is not None:
             if self.avm is None:
                 raise ValueError("call prepare_for_load(strategy) before loading a StellaPlugin state")
             self.avm.load_state_dict(state["avm"])
+        if self.score_cache is not None and state.get("score_cache") is not None:
+            dev = next(self.avm.parameters()).device if self.avm is not None else None
+            self.score_cache.load_state_dict(state["score_cache"], dev)
+            self.epochs_seen = int(state["epochs_seen"])
+            self._avm_carry = state.get("avm_carry")
         super().load_state_dict(state)
