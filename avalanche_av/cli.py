@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare_parser(sub)
     _add_stats_parser(sub)
     _add_attention_parser(sub)
+    _add_downstream_parser(sub)
     return p
 
 
@@ -342,6 +343,66 @@ def _cmd_attention(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- downstream
+def _add_downstream_parser(sub: "argparse._SubParsersAction") -> argparse.ArgumentParser:
+    from .downstream.classify import CLASSIFY_FEATURES
+    from .downstream.data import DATASETS
+    from .downstream.runner import TASKS
+
+    p = sub.add_parser(
+        "downstream", help="evaluate a checkpoint on classification, event localization, segmentation or retrieval",
+        description="Downstream evaluation of any backbone (docs/downstream.md): heads on frozen, cached features "
+                    "(classify, event, segment) or self-supervised fine-tuning (retrieval-ft), selected on a "
+                    "validation split and scored once on the test split.",
+    )
+    p.add_argument("--task", required=True, choices=list(TASKS))
+    p.add_argument("--checkpoint", default="random",
+                   help="random, a run checkpoint, a state dict, a CAV-MAE file or imagenet-mae:PATH (default %(default)s)")
+    p.add_argument("--model", default=None, help="preset (default: from the checkpoint; tiny for random)")
+    p.add_argument("--data", default="synthetic", choices=["synthetic", *sorted(DATASETS)])
+    p.add_argument("--data-root", default=None, help="dataset root for real data")
+    p.add_argument("--head", default="linear", choices=["linear", "mlp"], help="classify / event head")
+    p.add_argument("--features", default="joint", choices=[*CLASSIFY_FEATURES, "all"], help="classify features")
+    p.add_argument("--no-audio", dest="use_audio", action="store_false", help="segment: no audio input to the decoder")
+    p.add_argument("--seed", type=int, default=0, help="head init and batch order (and the random backbone)")
+    for name in ("stream-seed", "n-tasks", "classes-per-task", "train-clips-per-class", "eval-clips-per-class"):
+        p.add_argument(f"--{name}", type=int, default=None,
+                       help="synthetic stream (default: the checkpoint's run config, else the `run` defaults)")
+    p.add_argument("--heldout-tasks", type=int, default=None,
+                   help="synthetic: tasks of new classes after the stream (default 1 for retrieval-ft, else 0)")
+    p.add_argument("--epochs", type=int, default=None, help="max epochs (default per task)")
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience on the validation split")
+    p.add_argument("--min-epochs", type=int, default=None, help="segment: no early stop before this epoch")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--train-per-class", type=int, default=None, help="few-shot: labelled training clips per class")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved from train (default %(default)s)")
+    p.add_argument("--split-seed", type=int, default=0)
+    p.add_argument("--out", dest="out_dir", default="av_runs/downstream", help="output folder (default %(default)s)")
+    p.add_argument("--cache-dir", default=None, help="feature cache (default OUT/../feature_cache)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--extract-batch-size", type=int, default=64)
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def _cmd_downstream(args: argparse.Namespace) -> int:
+    from .downstream import DownstreamConfig, run_downstream
+
+    fields = {k: v for k, v in vars(args).items() if k != "command"}
+    res = run_downstream(DownstreamConfig(**fields))
+    metrics = res["metrics"]
+    groups = metrics if all(isinstance(v, dict) for v in metrics.values()) else {args.task: metrics}
+    print(f"\n== downstream {args.task} on {res['data']['name']}, backbone {res['backbone']['source']} "
+          f"({res['backbone']['preset']}) ==")
+    for name, m in groups.items():
+        scalars = ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float))
+        print(f"{name}: {scalars}")
+    print(f"Wrote {args.out_dir}/results.json, results.csv; {res['timings']['wall_seconds']:.0f} s")
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 def _error_line(exc: BaseException) -> str:
     # One line whatever the message: multi-line messages are joined.
@@ -359,7 +420,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             except (ValueError, OSError):  # pragma: no cover - e.g. a detached stream
                 pass
     commands = {"run": _cmd_run, "compare": _cmd_compare, "prepare": _cmd_prepare, "stats": _cmd_stats,
-                "attention": _cmd_attention}
+                "attention": _cmd_attention, "downstream": _cmd_downstream}
     # Warning filters are ours to set only for the duration of our own command: importing the
     # package never touches the caller's filters.
     with warnings.catch_warnings():
