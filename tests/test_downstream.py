@@ -215,3 +215,20 @@ def test_briefly_pretrained_backbone_beats_random_init():
     for name, m in (("random", rnd), ("pretrained", pre)):
         acc[name] = run_classification(data, FeatureExtractor(m, progress=False), progress=False)["metrics"]["top1"]
     assert acc["pretrained"] > acc["random"] + 0.04, acc
+
+
+def test_vggsound_and_audioset_classification_through_the_existing_readers(tmp_path):
+    from avalanche_av.benchmarks.real import make_fake_audioset, make_fake_vggsound
+
+    make_fake_vggsound(tmp_path / "vs", n_tasks=1, classes_per_task=2, train_per_class=6, test_per_class=2,
+                       n_missing=2, bad_kinds=())
+    make_fake_audioset(tmp_path / "as", n_tasks=1, classes_per_task=2, train_per_class=6, eval_per_class=2,
+                       n_missing=1, bad_kinds=())
+    common = dict(task="classify", checkpoint="random", epochs=2, patience=1, progress=False,
+                  cache_dir=str(tmp_path / "cache"))
+    vs = run_downstream(DownstreamConfig(data="vggsound", data_root=str(tmp_path / "vs"), out_dir=str(tmp_path / "o1"),
+                                         **common))
+    assert vs["data"]["missing"] == 2 and vs["metrics"]["n_test"] >= 4 and "top1" in vs["metrics"]
+    aset = run_downstream(DownstreamConfig(data="audioset", data_root=str(tmp_path / "as"), out_dir=str(tmp_path / "o2"),
+                                           **common))
+    assert aset["data"]["missing"] == 1 and 0 <= aset["metrics"]["mAP"] <= 1 and "top1" not in aset["metrics"]
