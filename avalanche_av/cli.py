@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--run-progress", choices=["compact", "full"], default="compact",
                    help="inside each run: one bar over tasks x epochs (compact), or Avalanche's "
                         "InteractiveLogger (full); default %(default)s")
+    c.add_argument("--isolate", action="store_true",
+                   help="train each (method, seed) in its own Python process: exact per-run memory figures, "
+                        "at the cost of one torch import per run")
     _add_common(r, d)
     _add_common(c, d, out_default="av_runs/compare")
     _add_prepare_parser(sub)
@@ -122,7 +125,7 @@ def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
     from .experiment import RunConfig
     from .presets import PRESET_SETTINGS, get_preset, resolve_settings, resolve_strategy_options
 
-    skip = ("command", "list_strategies", "option", "strategies", "seeds", "forgetting", "run_progress",
+    skip = ("command", "list_strategies", "option", "strategies", "seeds", "forgetting", "run_progress", "isolate",
             *PRESET_SETTINGS)
     fields = {k: v for k, v in vars(args).items() if k not in skip}
     fields.setdefault("strategy", strategies[0])
@@ -158,6 +161,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         cfg, strategies, seeds, method_options=options,
         progress=args.run_progress if cfg.progress else "none",
         forgetting="F_paper" if args.forgetting == "paper" else "F",
+        isolate=args.isolate,
     )
     print()
     print(render_markdown(data))

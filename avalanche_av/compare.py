@@ -38,7 +38,7 @@ import torch
 from avalanche.core import SupervisedPlugin
 
 from .experiment import SAFE_TO_CHANGE_ON_RESUME, RunConfig, run_experiment
-from .training.distributed import is_main_process
+from .training.distributed import is_main_process, torchrun_env
 
 __all__ = [
     "compare_strategies",
@@ -630,6 +630,98 @@ def assemble(base: RunConfig, strategies: Sequence[str], seeds: Sequence[int],
     }
 
 
+def _execute(plan: PlannedRun, label: str, progress: str, main: bool = True) -> tuple:
+    """Train one planned run in this process; returns ``(measured, results)`` and, on the main
+    process, writes the run's ``compare_run.json``."""
+    cfg = dataclasses.replace(plan.cfg, progress=progress == "full")
+    extra: list = []
+    inner = None
+    if progress == "compact" and main:
+        inner = _tqdm(total=cfg.n_tasks * cfg.epochs, desc=label, unit="epoch", position=1,
+                      leave=False, dynamic_ncols=True)
+        extra.append(_EpochBar(inner, f"{plan.method} s{plan.seed}"))
+    gc.collect()  # let the previous run's objects go before this run's memory is measured
+    try:
+        t0 = time.perf_counter()
+        with PeakMemory(cfg.device) as mem, warnings.catch_warnings():
+            if progress != "full":  # without the InteractiveLogger and CSV logs there is no logger
+                warnings.filterwarnings("ignore", message="No loggers specified")
+            summary = run_experiment(cfg, extra_plugins=extra)
+        wall = time.perf_counter() - t0
+    finally:
+        if inner is not None:
+            inner.close()
+    measured = {"wall_seconds": wall, "peak_rss_mb": mem.peak_rss_mb, "start_rss_mb": mem.start_rss_mb,
+                "peak_cuda_mb": mem.peak_cuda_mb, "rss_method": mem.method, "isolated": False}
+    folder = Path(cfg.out_dir)
+    if main:
+        (folder / "compare_run.json").write_text(json.dumps(
+            {"method": plan.method, "seed": plan.seed, "measured": measured,
+             "resumed_after_experiences": summary.get("resumed_after_experiences", 0)}, indent=2))
+    # other ranks read the summary they hold (rank 0 may still be writing the file)
+    results = json.loads((folder / "results.json").read_text()) if main else \
+        json.loads(json.dumps({k: v for k, v in summary.items() if k != "table"}, default=str))
+    return measured, results
+
+
+def _execute_isolated(plan: PlannedRun, label: str, progress: str) -> Dict[str, Any]:
+    """Train one planned run in a fresh Python process (``isolate=True``); returns its measurements.
+
+    The child runs :func:`_execute` and writes ``compare_run.json`` (its peak RSS and the RSS at
+    the start of the run, in a process that has run nothing else). The parent adds the child's
+    whole-process peak (``os.wait4``'s ``ru_maxrss``: imports included) and its wall time.
+
+    Raises:
+        RuntimeError: the child failed (its output, traceback included, is on the terminal).
+    """
+    import os  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    folder = Path(plan.cfg.out_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = folder / "compare_worker.json"
+    spec.write_text(json.dumps({"method": plan.method, "seed": plan.seed, "state": plan.state, "label": label,
+                                "progress": progress, "config": plan.cfg.to_json()}))
+    side = folder / "compare_run.json"
+    side.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    child = subprocess.Popen([sys.executable, "-m", "avalanche_av.compare", "--worker", str(spec)])
+    try:
+        if hasattr(os, "wait4"):
+            _, status, usage = os.wait4(child.pid, 0)
+            child.returncode = os.waitstatus_to_exitcode(status)
+            process_peak = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
+        else:  # pragma: no cover - no per-child rusage on this platform
+            child.wait()
+            process_peak = None
+    except BaseException:  # Ctrl-C: the child got it too; do not leave it behind
+        child.kill()
+        child.wait()
+        raise
+    wall = time.perf_counter() - t0
+    if child.returncode != 0 or not side.is_file():
+        raise RuntimeError(f"compare: run {plan.method} seed {plan.seed} failed in its own process "
+                           f"(exit code {child.returncode}); its output is above")
+    record = json.loads(side.read_text())
+    measured = dict(record["measured"], isolated=True, process_seconds=wall, process_peak_rss_mb=process_peak)
+    record["measured"] = measured
+    side.write_text(json.dumps(record, indent=2))
+    spec.unlink(missing_ok=True)
+    return measured
+
+
+def _worker_main(spec_path: str) -> int:
+    """Entry point of an isolated run: ``python -m avalanche_av.compare --worker SPEC``."""
+    spec = json.loads(Path(spec_path).read_text())
+    cfg_json = dict(spec["config"])
+    cfg_json["ks"] = tuple(cfg_json["ks"])
+    plan = PlannedRun(spec["method"], int(spec["seed"]), RunConfig(**cfg_json), spec["state"])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+        _execute(plan, spec["label"], spec["progress"])
+    return 0
+
+
 # --------------------------------------------------------------------------- main entry
 def compare_strategies(
     base: RunConfig,
@@ -640,6 +732,7 @@ def compare_strategies(
     progress: str = "compact",
     forgetting: str = "F",
     heatmap_k: int = 5,
+    isolate: bool = False,
 ) -> Dict[str, Any]:
     """Run every method with every seed on ``base``'s stream and write the comparison.
 
@@ -654,6 +747,9 @@ def compare_strategies(
         forgetting: ``"F"`` (textbook) or ``"F_paper"`` for the table's F column; both are in
             the JSON and the CSV.
         heatmap_k: the R@K the heatmaps show.
+        isolate: train each (method, seed) in a fresh Python process. Slower (each process
+            imports torch again) but its memory figures are exact: no allocator memory kept from
+            an earlier run, and the whole process's peak is recorded too. Not under torchrun.
 
     Returns:
         The ``compare.json`` content: ``format``, ``unit`` (``"%"``), ``base_config``,
@@ -669,6 +765,8 @@ def compare_strategies(
     if forgetting not in FORGETTING:
         raise ValueError(f"forgetting must be one of {FORGETTING}, got {forgetting!r}")
     seeds = [int(s) for s in seeds]
+    if isolate and torchrun_env() is not None:
+        raise ValueError("--isolate starts one process per run and cannot be combined with torchrun; drop one")
     main = is_main_process()  # under torchrun every rank trains each run; rank 0 draws bars and writes
     plans = plan_runs(base, strategies, seeds, method_options)
     out = Path(base.out_dir)
@@ -692,35 +790,13 @@ def compare_strategies(
                     runs[method][str(plan.seed)] = run_record(results, ks, measured, status="reused")
                     outer.update(1)
                     continue
-                cfg = dataclasses.replace(plan.cfg, progress=progress == "full")
-                extra: list = []
-                inner = None
-                if progress == "compact" and main:
-                    inner = _tqdm(total=cfg.n_tasks * cfg.epochs, desc=label, unit="epoch", position=1,
-                                  leave=False, dynamic_ncols=True)
-                    extra.append(_EpochBar(inner, f"{method} s{plan.seed}"))
-                gc.collect()  # let the previous run's objects go before this run's memory is measured
-                try:
-                    t0 = time.perf_counter()
-                    with PeakMemory(cfg.device) as mem, warnings.catch_warnings():
-                        if progress != "full":  # without the InteractiveLogger and CSV logs there is no logger
-                            warnings.filterwarnings("ignore", message="No loggers specified")
-                        summary = run_experiment(cfg, extra_plugins=extra)
-                    wall = time.perf_counter() - t0
-                finally:
-                    if inner is not None:
-                        inner.close()
+                if isolate:
+                    measured = _execute_isolated(plan, label, progress)
+                    results = json.loads((folder / "results.json").read_text())
+                else:
+                    measured, results = _execute(plan, label, progress, main)
                 executed += 1
-                measured = {"wall_seconds": wall, "peak_rss_mb": mem.peak_rss_mb, "start_rss_mb": mem.start_rss_mb,
-                            "peak_cuda_mb": mem.peak_cuda_mb, "rss_method": mem.method}
-                if main:
-                    (folder / "compare_run.json").write_text(json.dumps(
-                        {"method": method, "seed": plan.seed, "measured": measured,
-                         "resumed_after_experiences": summary.get("resumed_after_experiences", 0)}, indent=2))
                 status = "resumed" if plan.state == "partial" else "ran"
-                # other ranks read the summary they hold (rank 0 may still be writing the file)
-                results = json.loads((folder / "results.json").read_text()) if main else \
-                    json.loads(json.dumps({k: v for k, v in summary.items() if k != "table"}, default=str))
                 runs[method][str(plan.seed)] = run_record(results, ks, measured, status=status)
                 outer.update(1)
     finally:
@@ -735,3 +811,9 @@ def compare_strategies(
     paths = write_reports(data, out, heatmap_k=heatmap_k)
     data["paths"] = {k: [str(p) for p in v] if isinstance(v, list) else str(v) for k, v in paths.items()}
     return data
+
+
+if __name__ == "__main__":  # an isolated run (compare_strategies(isolate=True)); not a user command
+    if len(sys.argv) != 3 or sys.argv[1] != "--worker":
+        sys.exit("usage: python -m avalanche_av.compare --worker SPEC.json (started by `avalanche-av compare --isolate`)")
+    sys.exit(_worker_main(sys.argv[2]))

@@ -336,3 +336,20 @@ def test_every_preset_row_is_valid_for_its_method():
             assert method in list_strategies()
             validate_strategy_options(method, dict(options))
             make_plugins(method, mem_size=8, batch_size=4, **options)  # values in range
+
+
+def test_isolated_runs_measure_each_run_in_its_own_process(tmp_path):
+    """--isolate: the run trains in a child process; its memory figures come from that process."""
+    out = tmp_path / "iso"
+    assert main(["compare", "--strategies", "er", "--seeds", "0", "--isolate", "--out", str(out), *SMALL]) == 0
+    data = json.loads((out / "compare.json").read_text())
+    rec = data["runs"]["er"]["0"]
+    side = json.loads((out / "er" / "seed0" / "compare_run.json").read_text())["measured"]
+    assert data["executed"] == 1 and rec["status"] == "ran" and side["isolated"] is True
+    assert rec["peak_rss_mb"] == side["peak_rss_mb"] and rec["wall_seconds"] > 0
+    # The child's whole-life peak (imports included) bounds the peak measured during its run.
+    assert side["process_peak_rss_mb"] >= side["peak_rss_mb"] - 1
+    if side["rss_method"] == "vmhwm":
+        assert side["peak_rss_mb"] > side["start_rss_mb"]  # a fresh process grows while it trains
+    assert not (out / "er" / "seed0" / "compare_worker.json").exists()
+    assert "| er |" in (out / "compare.md").read_text()
