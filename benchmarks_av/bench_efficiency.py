@@ -211,7 +211,8 @@ def _strategy_figures(counted: list, phased: list, timed: list, batch_size: int)
         for g, names in (("scoring", SCORING), ("selection", SELECTION),
                          ("plugin", tuple(n for n in ph if n.startswith("stella.")))):
             rows = [ph[n] for n in names if n in ph]
-            grp = {k: sum(r.get(k, 0) for r in rows) for k in ("flops", "saved_bytes", "wall_s", "cpu_s")}
+            keys = ("flops", "saved_bytes") + (("wall_s", "cpu_s") if phased else ())
+            grp = {k: sum(r.get(k, 0) for r in rows) for k in keys}
             total = out.get("flops_per_step", out.get("forward_flops"))
             if total:
                 grp["flops_share"] = grp["flops"] / total
@@ -503,12 +504,13 @@ def _phase_tables(res: dict) -> list:
     rows = [(n, r) for n, r in res.items() if r.get("phases")]
     if not rows:
         return lines
-    lines += ["", "Step split by `record_function` range (time: phase-metered steps, CPU time; FLOPs and "
-              "activations: counted steps). The STELLA stages exclude `stella.memory_update`, which is the "
-              "memory's `memory.add`.", "",
-              "| strategy | phase-metered step ms (CPU) | av.forward | av.backward | optimizer | memory.sample + "
-              "memory.add | stella.* stages | outside every range (wall) |", "|---|---|---|---|---|---|---|---|"]
-    for name, r in rows:
+    timed_rows = [(n, r) for n, r in rows if r.get("phase_step_s")]
+    if timed_rows:
+        lines += ["", "Step split by `record_function` range (time: phase-metered steps, CPU time). The STELLA "
+                  "stages exclude `stella.memory_update`, which is the memory's `memory.add`.", "",
+                  "| strategy | phase-metered step ms (CPU) | av.forward | av.backward | optimizer | memory.sample + "
+                  "memory.add | stella.* stages | outside every range (wall) |", "|---|---|---|---|---|---|---|---|"]
+    for name, r in timed_rows:
         ph = r["phases"]
         step = r.get("phase_step_cpu_s")
 
@@ -527,8 +529,9 @@ def _phase_tables(res: dict) -> list:
         )
     stella_rows = [(n, r) for n, r in rows if any(k.startswith("stella.") for k in r["phases"])]
     if stella_rows:
-        lines += ["", "STELLA's stages (scoring = `stella.score` + `stella.avm_loss`; selection = importance, "
-                  "exclusion, select_current, select_memory):", "",
+        lines += ["", "STELLA's stages (time: phase-metered steps; FLOPs and activations: counted steps; scoring = "
+                  "`stella.score` + `stella.avm_loss`; selection = importance, exclusion, select_current, "
+                  "select_memory):", "",
                   "| strategy | stage | CPU ms | share of step (CPU) | GFLOPs | share of FLOPs | activations MiB |",
                   "|---|---|---|---|---|---|---|"]
         for name, r in stella_rows:
