@@ -1,9 +1,10 @@
 """Audio-visual event localization on a frozen backbone (AVE, paper Table 8b).
 
 Each clip is cut into ``S`` time segments (AVE: ten one-second segments; the synthetic stream:
-one segment per frame). A head shared over segments classifies each segment's
-``[audio; video]`` joint features (see :func:`~avalanche_av.downstream.features.segment_pool`)
-into the ``C`` event classes or background (label ``C``). Metric: segment accuracy on the test
+one segment per frame). A head shared over segments classifies each segment's ``[audio; video]``
+features, each taken at the last modality-specific block and at the joint output (the
+``"segments<S>"`` kind of :mod:`~avalanche_av.downstream.features`), into the ``C`` event
+classes or background (label ``C``). Metric: segment accuracy on the test
 split; the head is selected on the validation split's segment accuracy.
 """
 from __future__ import annotations

@@ -19,7 +19,7 @@ import json
 import math
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -101,7 +101,6 @@ class DownstreamConfig:
     num_workers: int = 0
     extract_batch_size: int = 64
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
