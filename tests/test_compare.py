@@ -353,3 +353,24 @@ def test_isolated_runs_measure_each_run_in_its_own_process(tmp_path):
         assert side["peak_rss_mb"] > side["start_rss_mb"]  # a fresh process grows while it trains
     assert not (out / "er" / "seed0" / "compare_worker.json").exists()
     assert "| er |" in (out / "compare.md").read_text()
+
+
+def test_bar_plot_marks_missing_values_and_draws_error_bars_only_with_a_std():
+    from avalanche_av.evaluation.plots import plot_method_bars
+
+    fig = plot_method_bars(
+        ["a", "b"],
+        {"A": {"x": ([1.0, 2.0], [0.5, None])}, "F": {"x": ([0.1, None], [None, None])}},
+        title="t", xlabel="score (%)",
+    )
+    from matplotlib.container import BarContainer
+
+    ax_a, ax_f = fig.axes
+    assert [t.get_text() for t in ax_a.get_yticklabels()] == ["a", "b"]
+    bars_a = [c for c in ax_a.containers if isinstance(c, BarContainer)]
+    bars_f = [c for c in ax_f.containers if isinstance(c, BarContainer)]
+    assert len(bars_a[0].patches) == 2 and bars_a[0].errorbar is not None
+    assert len(bars_f[0].patches) == 1 and bars_f[0].errorbar is None  # b's F missing, and no std at all
+    assert any(t.get_text() == "x: n/a" for t in ax_f.texts)
+    with pytest.raises(ValueError, match="3 values for 2 methods"):
+        plot_method_bars(["a", "b"], {"A": {"x": ([1, 2, 3], [0, 0, 0])}})

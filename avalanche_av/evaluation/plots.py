@@ -361,8 +361,10 @@ def plot_method_bars(
             mu, sd = arr(mean, f"{panel}/{name} mean"), arr(std, f"{panel}/{name} std")
             pos = y - 0.4 + height * (j + 0.5)
             ok = np.isfinite(mu)
+            # No error bar where the std is unknown (a single seed), rather than a zero-width one.
+            err = np.where(np.isfinite(sd), sd, 0.0)[ok] if np.isfinite(sd[ok]).any() else None
             ax.barh(pos[ok], mu[ok], height=height * 0.9, color=colors[j % len(colors)], label=name,
-                    xerr=np.where(np.isfinite(sd), sd, 0.0)[ok], capsize=2, error_kw={"elinewidth": 1})
+                    xerr=err, capsize=2 if err is not None else 0, error_kw={"elinewidth": 1})
             # Missing values (e.g. a forgetting that is not measured) are labelled, not drawn as 0.
             where = blended_transform_factory(ax.transAxes, ax.transData)
             for p in pos[~ok]:
