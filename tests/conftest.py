@@ -9,6 +9,16 @@ warnings.filterwarnings("ignore", message="No loggers specified")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped where no CUDA device is visible."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (benchmarks_av/gpu_check.py runs the CUDA subset)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _debug_checks_on():
     """Validations that read tensor values (a host sync each on a GPU) are off by default for
@@ -40,8 +50,7 @@ def make_strategy(plugins=(), mb=8, epochs=1, seed=0, **kw):
         train_mb_size=mb,
         train_epochs=epochs,
         eval_mb_size=16,
-        device="cpu",
         plugins=list(plugins),
         evaluator=av_evaluator(loggers=[]),
-        **kw,
+        **{"device": "cpu", **kw},
     )
