@@ -124,6 +124,7 @@ def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
 
     from .experiment import RunConfig
     from .presets import PRESET_SETTINGS, get_preset, resolve_settings, resolve_strategy_options
+    from .training.distributed import is_main_process
 
     skip = ("command", "list_strategies", "option", "strategies", "seeds", "forgetting", "run_progress", "isolate",
             *PRESET_SETTINGS)
@@ -138,7 +139,7 @@ def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
     for s in strategies:
         dataclasses.replace(cfg, strategy=s, strategy_options=options[s]).validate()
     preset = get_preset(args.benchmark)
-    if preset is not None:
+    if preset is not None and is_main_process():
         print(f"[avalanche-av] {args.benchmark} preset ({preset.source}): "
               + (", ".join(f"{k}={v}" for k, v in applied.items()) or "no run setting (all given)")
               + "; method options from Table 5 unless given: "
@@ -148,6 +149,7 @@ def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from .compare import compare_strategies, render_markdown
+    from .training.distributed import is_main_process
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     try:
@@ -163,6 +165,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         forgetting="F_paper" if args.forgetting == "paper" else "F",
         isolate=args.isolate,
     )
+    if not is_main_process():  # under torchrun rank 0 prints
+        return 0
     print()
     print(render_markdown(data))
     paths = data["paths"]

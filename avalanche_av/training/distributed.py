@@ -66,6 +66,8 @@ __all__ = [
 BUCKET_NUMEL = 25_000_000
 
 _CPU_GROUP: Any = None  # gloo group for object collectives when the default group is nccl
+_STORE: Any = None  # the rendezvous store of torchrun's env://, kept for the life of the process
+_SESSIONS = 0  # process groups this process has created (the same count on every rank)
 
 
 @dataclass(frozen=True)
@@ -164,12 +166,29 @@ def distributed_session(device: Optional[str] = None, backend: Optional[str] = N
     dev, default_backend = _rank_device(device, local, world)
     if dev.startswith("cuda"):
         torch.cuda.set_device(torch.device(dev))
-    dist.init_process_group(backend=backend or default_backend, init_method="env://", rank=rk, world_size=world)
+    _init_group(backend or default_backend, rk, world)
     try:
         yield DistributedContext(rk, local, world, dist.get_backend(), dev)
     finally:
         _CPU_GROUP = None
         dist.destroy_process_group()
+
+
+def _init_group(backend: str, rk: int, world: int) -> None:
+    """The default process group, on torchrun's env:// store under a prefix of its own.
+
+    A process may create several groups one after the other (``compare`` runs one per method
+    and seed). Re-initialising on env:// directly reuses the same store keys, so a rank that
+    arrives early can read the keys of the group just destroyed and wait forever; a fresh prefix
+    per group (the same sequence on every rank) rules that out, and the store itself is created
+    once.
+    """
+    global _STORE, _SESSIONS
+    if _STORE is None:
+        _STORE = next(dist.rendezvous("env://", rank=rk, world_size=world))[0]
+    _SESSIONS += 1
+    store = dist.PrefixStore(f"avalanche_av/group{_SESSIONS}", _STORE)
+    dist.init_process_group(backend=backend, store=store, rank=rk, world_size=world)
 
 
 def is_main_process() -> bool:
