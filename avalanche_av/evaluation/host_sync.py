@@ -354,10 +354,13 @@ def strategy_tensors(strategy: Any) -> List[torch.Tensor]:
     modules' parameters, gradients and buffers, and the optimizer's state. PyTorch keeps an
     optimizer's ``step`` counters on the host unless the group is ``capturable`` or ``fused``;
     those stay host tensors here too."""
-    from .efficiency import strategy_modules
-
+    # the model and every module a plugin holds (STELLA's AVM, EMA teachers); the same set as
+    # efficiency.strategy_modules, which re-exports this module (so no import from there)
+    mods: List[torch.nn.Module] = [strategy.model]
+    for p in getattr(strategy, "plugins", ()):
+        mods += [v for v in vars(p).values() if isinstance(v, torch.nn.Module) and all(v is not m for m in mods)]
     out: List[torch.Tensor] = []
-    for m in strategy_modules(strategy):
+    for m in mods:
         for p in m.parameters():
             out.append(p)
             if p.grad is not None:
