@@ -6,6 +6,10 @@ buffers, STELLA's AVM and memory), the strategy clock, and the torch / CUDA / nu
 states. Only tensors, numbers, strings, lists and dicts are stored, so loading never executes
 pickled code. Writes are atomic (temporary file, then rename), so a crash mid-save never leaves
 a truncated checkpoint behind.
+
+Under torchrun every rank calls :func:`save_checkpoint`; rank 0 writes one file that merges every
+rank's memories and RNG states (``state["world"]``), and :func:`load_checkpoint` gives each rank
+its part, also when the number of ranks changed (``docs/distributed.md``).
 """
 from __future__ import annotations
 
