@@ -685,7 +685,10 @@ def _execute_isolated(plan: PlannedRun, label: str, progress: str) -> Dict[str, 
     side = folder / "compare_run.json"
     side.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "avalanche_av.compare", "--worker", str(spec)])
+    # Avalanche's import-time notice about QP solvers (used by none of our methods), as `main` filters it.
+    env = dict(os.environ)
+    env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS"), "ignore:no QP solver found"]))
+    child = subprocess.Popen([sys.executable, "-m", "avalanche_av.compare", "--worker", str(spec)], env=env)
     try:
         if hasattr(os, "wait4"):
             _, status, usage = os.wait4(child.pid, 0)
