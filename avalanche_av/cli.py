@@ -67,6 +67,9 @@ def _add_common(r: argparse.ArgumentParser, d: Any, out_default: Optional[str] =
     r.add_argument("--batch-size", type=int, default=None, help=f"current-batch size (default {d.batch_size}{preset})")
     r.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     r.add_argument("--lr", type=float, default=None, help=f"Adam learning rate (default {d.lr} for tiny{preset})")
+    r.add_argument("--lr-schedule", default=None, choices=["constant", "warmup-cosine"],
+                   help=f"learning-rate schedule per experience (default {d.lr_schedule}{preset}; warmup-cosine is "
+                        "an option beyond the paper, see docs/deviations.md)")
     r.add_argument("--mem-size", type=int, default=None,
                    help=f"replay memory size in clips (default {d.mem_size}{preset})")
     r.add_argument("--n-tasks", type=int, default=d.n_tasks)
@@ -83,6 +86,11 @@ def _add_common(r: argparse.ArgumentParser, d: Any, out_default: Optional[str] =
     r.add_argument("--tensorboard", action="store_true", help="also log to OUT/tb")
     r.add_argument("--no-csv", dest="csv_log", action="store_false", help="no CSV logs")
     r.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    r.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
+                   help="record only retrieval: no training diagnostics, localization or attention maps")
+    r.add_argument("--track-clips", type=int, default=d.track_clips, metavar="N",
+                   help="retrieval clips (first of each of the first N tasks) whose attention maps are drawn after "
+                        "the first and the last task (default %(default)s; 0: none)")
     r.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE",
         help="strategy option, e.g. --option alpha=0.5, or for one method only --option stella:rho_v=0.6 "

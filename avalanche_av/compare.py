@@ -12,7 +12,11 @@ seeds, one row per method. It writes, in ``<out>``:
 * ``compare.md``: the two Table-1 blocks, best value of each column in bold;
 * ``compare.csv``: one row per (method, direction), mean and std of every column;
 * ``compare_bars.png``: A and F (average over R@K) per method, both directions, error bars = std;
-* ``heatmaps/<method>.png``: the accuracy matrix (R@5 by default), mean over seeds, both directions.
+* ``heatmaps/<method>.png``: the accuracy matrix (R@5 by default), mean over seeds, both directions;
+* when the runs recorded them (``RunConfig.diagnostics``, the default): a localization /
+  modality-gap / diagnostics table in ``compare.md``, ``modality_gap.png``,
+  ``localization_over_tasks.png`` and ``training_diagnostics.png``; each run's own folder
+  holds its attention maps (``attention/``).
 
 It is resumable: a run whose ``results.json`` holds the same settings is read back, never
 recomputed; a run with only a checkpoint continues from it; a folder holding a run made with
@@ -47,6 +51,7 @@ __all__ = [
     "best_methods",
     "PeakMemory",
     "run_record",
+    "evidence_record",
     "summarize",
     "render_markdown",
     "render_csv",
@@ -342,6 +347,7 @@ def run_record(results: Mapping[str, Any], ks: Sequence[int], measured: Optional
         "status": status,
         "metrics": metrics,
         "matrices": matrices,
+        "evidence": evidence_record(results),
         "wall_seconds": measured.get("wall_seconds", results.get("wall_seconds")),
         "train_seconds": float(sum(results.get("train_seconds_per_experience", []) or [])),
         "peak_rss_mb": measured.get("peak_rss_mb"),
@@ -350,6 +356,60 @@ def run_record(results: Mapping[str, Any], ks: Sequence[int], measured: Optional
         "rss_method": measured.get("rss_method"),
         "skipped_steps": int((results.get("data") or {}).get("skipped_steps", 0) or 0),
     }
+
+
+def _seen_means(m: Optional[Sequence[Sequence[Optional[float]]]]) -> Optional[List[Optional[float]]]:
+    """Each row's mean over the tasks trained so far (columns ``0..t`` of row ``t``)."""
+    if not m:
+        return None
+    out: List[Optional[float]] = []
+    for t, row in enumerate(m):
+        vals = [v for v in row[: t + 1] if v is not None and math.isfinite(v)]
+        out.append(float(np.mean(vals)) if vals else None)
+    return out
+
+
+def evidence_record(results: Mapping[str, Any]) -> Dict[str, Any]:
+    """What a run shows beyond retrieval, from its ``results.json``: the modality-gap matrix,
+    localization (per map: A and F of the share, the audio-swap control, the per-row mean over
+    seen tasks, chance) and the training diagnostics' per-experience means and history.
+    Missing parts (a run without ``diagnostics``, a benchmark without ground truth) are absent."""
+    ev: Dict[str, Any] = {}
+    block = results["retrieval"]["streams"].get("test", {})
+    gap = (block.get("matrices") or {}).get("modality_gap")
+    if gap:
+        ev["modality_gap"] = gap
+        last = [v for v in gap[-1] if v is not None]
+        ev["modality_gap_final"] = float(np.mean(last)) if last else None
+    loc = (results.get("localization") or {}).get("streams", {}).get("test")
+    if loc:
+        chance = _seen_means(loc.get("chance"))
+        maps: Dict[str, Any] = {}
+        for kind in ("cosine", "avm", "intensity"):
+            entry = loc.get(kind)
+            if not isinstance(entry, dict):
+                continue
+            mats = entry.get("matrices", {})
+            maps[kind] = {
+                "A_share": entry.get("A_share"), "F_share": entry.get("F_share"),
+                "A_share_swap": entry.get("A_share_swap"), "A_auc": entry.get("A_auc"),
+                "seen_share": _seen_means(mats.get("share")),
+                "first_share": (mats.get("share") or [[None]])[0][0],
+            }
+        ev["localization"] = {"maps": maps, "seen_chance": chance,
+                              "A_chance": float(np.mean([c for c in chance if c is not None])) if chance else None}
+    diags = results.get("diagnostics")
+    if diags:
+        per_exp: Dict[str, Dict[int, List[float]]] = {}
+        for metric in diags.values():
+            for rec in metric.get("history", []):
+                for name, v in rec.get("values", {}).items():
+                    per_exp.setdefault(name, {}).setdefault(int(rec["experience"]), []).append(float(v))
+        ev["diagnostics"] = {
+            "per_experience": {name: [float(np.mean(d[e])) for e in sorted(d)] for name, d in per_exp.items()},
+            "history": diags,
+        }
+    return ev
 
 
 def _stats(values: Sequence[Optional[float]]) -> Dict[str, Any]:
@@ -420,6 +480,7 @@ def summarize(runs: Mapping[str, Mapping[str, Mapping[str, Any]]], strategies: S
             xs = [x for x in xs if x is not None]
             return float(max(xs)) if xs else None
 
+        entry["evidence"] = _summarize_evidence(recs)
         entry["cost"] = {
             "wall_seconds": _stats(walls),
             "wall_seconds_total": float(sum(x for x in walls if x is not None)),
@@ -429,6 +490,26 @@ def summarize(runs: Mapping[str, Mapping[str, Mapping[str, Any]]], strategies: S
             "statuses": [r["status"] for r in recs],
         }
         out[method] = entry
+    return out
+
+
+def _summarize_evidence(recs: Sequence[Mapping[str, Any]]) -> Dict[str, Any]:
+    """Mean ± std over seeds of the evidence scalars (localization A/F per map, the swap control,
+    the final modality gap, the last experience's AVM accuracy and excluded share)."""
+    evs = [r.get("evidence") or {} for r in recs]
+    out: Dict[str, Any] = {"modality_gap_final": _stats([e.get("modality_gap_final") for e in evs])}
+    kinds = sorted({k for e in evs for k in (e.get("localization") or {}).get("maps", {})})
+    if kinds:
+        out["localization"] = {"A_chance": _stats([(e.get("localization") or {}).get("A_chance") for e in evs])}
+        for kind in kinds:
+            got = [(e.get("localization") or {}).get("maps", {}).get(kind) or {} for e in evs]
+            out["localization"][kind] = {key: _stats([g.get(key) for g in got])
+                                         for key in ("A_share", "F_share", "A_share_swap", "A_auc", "first_share")}
+    for name in ("AVM_Acc", "Excluded_v", "Excluded_a", "Loc_Share", "Loc_Chance"):
+        last = [((e.get("diagnostics") or {}).get("per_experience", {}).get(name) or [None])[-1] for e in evs]
+        first = [((e.get("diagnostics") or {}).get("per_experience", {}).get(name) or [None])[0] for e in evs]
+        if any(v is not None for v in last):
+            out.setdefault("diagnostics", {})[name] = {"first_task": _stats(first), "last_task": _stats(last)}
     return out
 
 
@@ -517,6 +598,7 @@ def render_markdown(data: Mapping[str, Any]) -> str:
                 cells.append(_fmt_num(cost["peak_cuda_mb_max"], 0))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    lines += _evidence_markdown(data)
     notes = []
     for m in data["strategies"]:
         st = data["summary"][m]["cost"]["statuses"]
@@ -528,6 +610,45 @@ def render_markdown(data: Mapping[str, Any]) -> str:
     if notes:
         lines += ["Notes: " + "; ".join(notes) + ".", ""]
     return "\n".join(lines)
+
+
+def _evidence_markdown(data: Mapping[str, Any]) -> List[str]:
+    """The localization / modality-gap / diagnostics table, when the runs recorded them."""
+    summ = data["summary"]
+    has_loc = any("localization" in summ[m].get("evidence", {}) for m in data["strategies"])
+    has_gap = any((summ[m].get("evidence", {}).get("modality_gap_final") or {}).get("mean") is not None
+                  for m in data["strategies"])
+    if not (has_loc or has_gap):
+        return []
+
+    def f3(st: Optional[Mapping[str, Any]]) -> str:
+        return _fmt(st, 3) if st else "—"
+
+    lines = [
+        "## Localization, modality gap and training diagnostics", "",
+        "Share of each video map on the true sounding patches of the retrieval clips (ground truth of the "
+        "synthetic stream), A = mean over tasks after the last task, F = its forgetting (mean ± std over seeds). "
+        "Cosine: the audio→video embedding cosine map (every method); swapped: the same map with another clip's "
+        "audio (a map that follows the sound drops); AVM: STELLA's AVM importance. Chance: a uniform map's "
+        "share. Modality gap: distance between the mean audio and mean video embedding, final model, mean over "
+        "tasks. AVM acc. and excluded share: training diagnostics averaged over the last task's steps.",
+        "",
+        "| Method | cosine A | cosine F | cosine A, swapped audio | AVM A | AVM F | AVM A, swapped audio | chance "
+        "| modality gap | AVM acc. (last task) | excluded video share (last task) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for m in data["strategies"]:
+        ev = summ[m].get("evidence", {})
+        loc = ev.get("localization", {})
+        cos, avm = loc.get("cosine", {}), loc.get("avm", {})
+        diag = ev.get("diagnostics", {})
+        cells = [m, f3(cos.get("A_share")), f3(cos.get("F_share")), f3(cos.get("A_share_swap")),
+                 f3(avm.get("A_share")), f3(avm.get("F_share")), f3(avm.get("A_share_swap")),
+                 f3(loc.get("A_chance")), f3(ev.get("modality_gap_final")),
+                 f3((diag.get("AVM_Acc") or {}).get("last_task")), f3((diag.get("Excluded_v") or {}).get("last_task"))]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    return lines
 
 
 def render_csv(data: Mapping[str, Any]) -> pd.DataFrame:
@@ -606,6 +727,53 @@ def write_reports(data: Mapping[str, Any], out_dir: "str | Path", heatmap_k: int
             title=f"{m}: accuracy matrix, mean over {len(s['seeds'])} seed(s)", fmt="{:.1f}",
         )
         paths["heatmaps"].append(_save(fig, out / "heatmaps" / f"{m.replace('+', 'plus')}.png"))
+    paths.update(_evidence_plots(data, out))
+    return paths
+
+
+def _evidence_plots(data: Mapping[str, Any], out: Path) -> Dict[str, Path]:
+    """``modality_gap.png`` (paper Fig. 6), ``localization_over_tasks.png`` (cosine map of every
+    method, AVM map of the STELLA family, chance dashed) and ``training_diagnostics.png`` (the
+    first seed of each method with an AVM), when the runs recorded them."""
+    from .evaluation.plots import (  # noqa: PLC0415
+        plot_localization_over_tasks,
+        plot_modality_gap,
+        plot_training_diagnostics,
+    )
+
+    paths: Dict[str, Path] = {}
+    gaps, loc_curves, chance, diags = {}, {}, None, {}
+    for m in data["strategies"]:
+        runs = [data["runs"][m][s] for s in sorted(data["runs"].get(m, {}), key=int)]
+        evs = [r.get("evidence") or {} for r in runs]
+        mats = [np.array([[np.nan if v is None else v for v in row] for row in e["modality_gap"]], dtype=np.float64)
+                for e in evs if e.get("modality_gap")]
+        if mats and len({x.shape for x in mats}) == 1 and not trains_once(m):
+            gaps[m] = np.stack(mats)
+        for kind, suffix in (("cosine", ""), ("avm", " (AVM)")):
+            curves = [(e.get("localization") or {}).get("maps", {}).get(kind, {}).get("seen_share") for e in evs]
+            curves = [[np.nan if v is None else v for v in c] for c in curves if c]
+            if curves and len({len(c) for c in curves}) == 1 and not trains_once(m):
+                loc_curves[f"{m}{suffix}"] = np.array(curves, dtype=np.float64)
+        for e in evs:
+            if chance is None and (e.get("localization") or {}).get("seen_chance"):
+                chance = [np.nan if v is None else v for v in e["localization"]["seen_chance"]]
+        hist = next(((e.get("diagnostics") or {}).get("history") for e in evs), None)
+        if hist and any("AVM_Acc" in rec.get("values", {}) for b in hist.values() for rec in b.get("history", [])):
+            diags[m] = hist
+    n_seeds = len(data["seeds"])
+    if gaps:
+        fig = plot_modality_gap(gaps, which="seen", title=f"Modality gap after each task (mean over seen tasks, "
+                                                          f"{n_seeds} seed(s))")
+        paths["modality_gap"] = _save(fig, out / "modality_gap.png")
+    if loc_curves:
+        fig = plot_localization_over_tasks(loc_curves, chance=chance,
+                                           title=f"Localization on the tasks seen so far ({n_seeds} seed(s))")
+        paths["localization"] = _save(fig, out / "localization_over_tasks.png")
+    if diags:
+        fig = plot_training_diagnostics(diags, title="Training diagnostics (first seed)")
+        if fig is not None:
+            paths["diagnostics"] = _save(fig, out / "training_diagnostics.png")
     return paths
 
 

@@ -59,6 +59,9 @@ SAFE_TO_CHANGE_ON_RESUME = (
 
 _AMP_CHOICES = ("auto", "bf16", "fp16", "off", None)
 
+#: ``--lr-schedule`` values: the paper's constant rate, or warm-up + cosine per experience.
+LR_SCHEDULES = ("constant", "warmup-cosine")
+
 
 @dataclass
 class RunConfig:
@@ -73,6 +76,9 @@ class RunConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     lr: float = 1e-3
+    #: ``constant`` (the paper) or ``warmup-cosine`` (an option beyond the paper, restarted at
+    #: every experience; see :class:`~avalanche_av.training.plugins.schedule.WarmupCosinePlugin`).
+    lr_schedule: str = "constant"
     mem_size: int = 64
     n_tasks: int = 4
     classes_per_task: int = 4
@@ -88,6 +94,13 @@ class RunConfig:
     tensorboard: bool = False
     progress: bool = True
     strategy_options: dict = field(default_factory=dict)
+    #: Evidence recorded beside retrieval: per-step training diagnostics (AVM accuracy, excluded
+    #: fraction, memory fill, training-clip localization) and, where the benchmark has ground
+    #: truth, localization after each task with attention maps of tracked clips.
+    diagnostics: bool = True
+    #: Retrieval clips whose maps are kept after every task (first clip of each of the first
+    #: ``track_clips`` tasks; 0: none).
+    track_clips: int = 2
 
     def to_json(self) -> dict:
         """The config as JSON values (tuples become lists), as stored in results and checkpoints."""
@@ -111,8 +124,12 @@ class RunConfig:
             raise ValueError(f"--num-workers must be >= 0, got {self.num_workers!r}")
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"--lr-schedule must be one of {list(LR_SCHEDULES)}, got {self.lr_schedule!r}")
         if self.amp not in _AMP_CHOICES:
             raise ValueError(f"--amp must be one of {list(_AMP_CHOICES[:-1])}, got {self.amp!r}")
+        if isinstance(self.track_clips, bool) or not isinstance(self.track_clips, int) or self.track_clips < 0:
+            raise ValueError(f"--track-clips must be >= 0, got {self.track_clips!r}")
         if not self.ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in self.ks):
             raise ValueError(f"ks must be positive integers, got {self.ks!r}")
         if self.benchmark not in BENCHMARKS:
@@ -373,14 +390,20 @@ def _run_experiment(cfg: RunConfig, extra_plugins: Optional[list], dist_ctx: Any
     model = _model_for(cfg, bench)
     plugins = make_plugins(cfg.strategy, mem_size=_rank_mem_size(cfg, dist_ctx), batch_size=cfg.batch_size,
                            **cfg.strategy_options)
+    if cfg.lr_schedule == "warmup-cosine":
+        from .training.plugins.schedule import WarmupCosinePlugin  # noqa: PLC0415
+
+        plugins.append(WarmupCosinePlugin())
     plugins += list(extra_plugins or [])
     # Only rank 0 logs (progress bars, CSV, TensorBoard); the metrics still run on every rank.
     loggers = _loggers(cfg, out, extra_in.get("csv_sizes") if saved is not None else None) if dist_ctx.is_main else []
     csv_logger = next((lg for lg in loggers if isinstance(lg, ResumableCSVLogger)), None)
+    diagnostics, localization = _evidence_metrics(cfg, bench)
     with warnings.catch_warnings():
         if not dist_ctx.is_main:
             warnings.filterwarnings("ignore", message="No loggers specified")
-        evaluator = av_evaluator(loggers=loggers, ks=cfg.ks, n_tasks=bench.n_tasks)
+        evaluator = av_evaluator(loggers=loggers, ks=cfg.ks, n_tasks=bench.n_tasks,
+                                 extra_metrics=[*diagnostics, *([localization] if localization else [])])
     strategy = AVPretraining(
         model=model,
         optimizer=default_optimizer(model, lr=cfg.lr),
@@ -405,6 +428,12 @@ def _run_experiment(cfg: RunConfig, extra_plugins: Optional[list], dist_ctx: Any
         done = int(extra.get("completed_experiences", 0))
         if "retrieval_state" in extra:
             retrieval.load_state_dict(extra["retrieval_state"])
+        evidence_state = extra.get("evidence_state") or {}
+        for i, metric in enumerate(diagnostics):
+            if f"diag{i}" in evidence_state:
+                metric.load_state_dict(evidence_state[f"diag{i}"])
+        if localization is not None and "localization" in evidence_state:
+            localization.load_state_dict(evidence_state["localization"])
         train_times = [float(x) for x in extra.get("train_seconds", [])]
         earlier_load = DataReport.from_dict(json.loads(extra.get("load_time_report", "{}")))
         if dist_ctx.is_main:
@@ -429,6 +458,10 @@ def _run_experiment(cfg: RunConfig, extra_plugins: Optional[list], dist_ctx: Any
             extra={
                 "completed_experiences": t + 1,
                 "retrieval_state": retrieval.state_dict(),
+                "evidence_state": {
+                    **{f"diag{i}": m.state_dict() for i, m in enumerate(diagnostics)},
+                    **({"localization": localization.state_dict()} if localization is not None else {}),
+                },
                 # JSON text: any config value survives, and loading stays weights_only-safe.
                 "run_config": json.dumps(cfg.to_json()),
                 "train_seconds": list(train_times),
@@ -437,6 +470,8 @@ def _run_experiment(cfg: RunConfig, extra_plugins: Optional[list], dist_ctx: Any
             },
         )
 
+    # Every task's test clips form one gallery (RetrievalMetrics): chance R@k is k / its size.
+    gallery = sum(len(exp.dataset) for exp in bench.test_stream)
     data = bench.data_report.merged(load_report()).to_dict()
     data["skipped_steps"] = int(strategy.skipped_steps)
     results = retrieval.to_dict()
@@ -448,14 +483,19 @@ def _run_experiment(cfg: RunConfig, extra_plugins: Optional[list], dist_ctx: Any
         "train_seconds_per_experience": train_times,
         "resumed_after_experiences": done,
         "retrieval": results,
+        "gallery_size": gallery,
     }
+    if cfg.diagnostics:
+        summary["diagnostics"] = {type(m).__name__: m.to_dict() for m in diagnostics}
+        if localization is not None:
+            summary["localization"] = localization.to_dict()
     if dist_ctx.is_distributed:
         summary["distributed"] = {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend}
     if not dist_ctx.is_main:  # rank 0 writes the files
-        summary["table"] = results_table(retrieval, ks=cfg.ks)
+        summary["table"] = results_table(retrieval, ks=cfg.ks, gallery_size=gallery)
         return summary
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-    table = results_table(retrieval, ks=cfg.ks)
+    table = results_table(retrieval, ks=cfg.ks, gallery_size=gallery)
     table.to_csv(out / "results.csv", index=False)
     n = retrieval.n_columns()
     k_plot = 5 if 5 in cfg.ks else cfg.ks[0]
@@ -467,11 +507,86 @@ def _run_experiment(cfg: RunConfig, extra_plugins: Optional[list], dist_ctx: Any
             task_names=[f"T{i}" for i in range(n)],
             title=f"R@{k_plot} {d} after each experience ({cfg.strategy})",
         )
+    if cfg.diagnostics:
+        _save_evidence_plots(out, cfg, bench, model, diagnostics, localization)
     if csv_logger is not None:
         csv_logger.training_file.close()
         csv_logger.eval_file.close()
     summary["table"] = table
     return summary
+
+
+def tracked_clip_ids(bench: AVBenchmark, n: int) -> list[int]:
+    """The first retrieval clip (lowest id) of each of the first ``n`` tasks: fixed clips whose
+    attention maps a run keeps after every task."""
+    table = bench.clip_table
+    col = "role" if "role" in table.columns else "split"
+    held = table[table[col].isin(["eval", "retrieval"])]
+    ids = []
+    for t in range(min(n, bench.n_tasks)):
+        rows = held[held["task"] == t]
+        if len(rows):
+            ids.append(int(rows["clip_id"].min()))
+    return ids
+
+
+def _evidence_metrics(cfg: RunConfig, bench: AVBenchmark) -> tuple[list, Any]:
+    """The run's training diagnostics and (with ground truth) its :class:`LocalizationMetrics`."""
+    if not cfg.diagnostics:
+        return [], None
+    from .evaluation import LocalizationMetrics, training_diagnostics  # noqa: PLC0415
+
+    diagnostics = training_diagnostics(every=10, sounding_masks=bench.sounding_masks,
+                                       active_frames=bench.active_frames)
+    localization = None
+    if bench.sounding_masks is not None:
+        localization = LocalizationMetrics(bench.sounding_masks, bench.active_frames, n_tasks=bench.n_tasks,
+                                           track_clips=tracked_clip_ids(bench, cfg.track_clips))
+    return diagnostics, localization
+
+
+def _save_evidence_plots(out: Path, cfg: RunConfig, bench: AVBenchmark, model: torch.nn.Module,
+                         diagnostics: list, localization: Any) -> None:
+    """``training_diagnostics.png`` (the diagnostics against steps) and the tracked clips'
+    attention maps after the first and the last task (``attention/tracked_clip<id>.png``)."""
+    from .evaluation.plots import plot_training_diagnostics  # noqa: PLC0415
+
+    fig = plot_training_diagnostics({cfg.strategy: {type(m).__name__: m.to_dict() for m in diagnostics}},
+                                    title=f"Training diagnostics ({cfg.strategy}, seed {cfg.seed})")
+    if fig is not None:
+        fig.savefig(out / "training_diagnostics.png", dpi=110)
+    if localization is None or not localization.track_clips:
+        return
+    frames, gt = _clip_frames(bench, sorted(localization.track_clips))
+    (out / "attention").mkdir(exist_ok=True)
+    for cid, video in frames.items():
+        title = f"clip {cid}, {cfg.strategy} (seed {cfg.seed}); white: sounding source"
+        fig = localization.plot_tracked(cid, video, gt.get(cid), rows=(0, -1),
+                                        patch_size=model.config.patch_size, title=title)
+        if fig is not None:
+            fig.savefig(out / "attention" / f"tracked_clip{cid}.png", dpi=100)
+
+
+def _clip_frames(bench: AVBenchmark, clip_ids: list[int]) -> tuple[dict, dict]:
+    """Frames ``(n, 3, H, W)`` and ground-truth sounding patches ``(Nv,)`` of retrieval clips."""
+    from .evaluation.localization import sounding_patches  # noqa: PLC0415
+
+    wanted = set(clip_ids)
+    frames: dict = {}
+    for ds in bench.retrieval_sets:
+        for i in range(len(ds)):
+            if not wanted - set(frames):
+                break
+            sample = ds[i]
+            cid = int(sample[3])
+            if cid in wanted:
+                frames[cid] = sample[1]
+    gt = {}
+    if bench.sounding_masks is not None and frames:
+        ids = sorted(frames)
+        rows = sounding_patches(bench.sounding_masks, bench.active_frames, torch.as_tensor(ids))
+        gt = {cid: rows[i] for i, cid in enumerate(ids)}
+    return frames, gt
 
 
 def _checkpoint_found(ckpt: Path, dist_ctx: Any) -> bool:
@@ -521,8 +636,16 @@ def _json_default(o: Any):
     return str(o)
 
 
-def results_table(retrieval, ks=(1, 5, 10)) -> pd.DataFrame:
-    """Final per-task R@k in both directions, plus rows for the mean, A, F and F_paper."""
+def results_table(retrieval, ks=(1, 5, 10), gallery_size: Optional[int] = None) -> pd.DataFrame:
+    """Final per-task R@k in both directions, then A, F and F_paper; one row per (k, direction).
+
+    Args:
+        retrieval: the run's :class:`~avalanche_av.evaluation.RetrievalMetrics`.
+        ks: the recall cut-offs.
+        gallery_size: clips in the retrieval gallery (every task's test clips); when given, a
+            ``chance`` column holds ``min(1, k / gallery_size)``, the expected R@k of random
+            embeddings, so each row can be read against it, and ``A/chance`` their ratio.
+    """
     n = retrieval.n_columns()
     rows = []
     for d in ("a2v", "v2a"):
@@ -534,5 +657,8 @@ def results_table(retrieval, ks=(1, 5, 10)) -> pd.DataFrame:
             row["A"] = retrieval.summary_metric("A", direction=d, k=k)
             row["F"] = retrieval.summary_metric("F", direction=d, k=k)
             row["F_paper"] = retrieval.summary_metric("F_paper", direction=d, k=k)
+            if gallery_size:
+                row["chance"] = min(1.0, k / gallery_size)
+                row["A/chance"] = row["A"] / row["chance"]
             rows.append(row)
     return pd.DataFrame(rows)

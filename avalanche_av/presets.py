@@ -6,7 +6,7 @@ takes the paper's value instead of our small-CPU default:
 
 * run settings (STELLA paper, Sec. 5.1 and Appendix A, Table 6): rehearsal memory of 2,000
   clips on Continual-VS and 5,000 on Continual-AS (Sec. 5.1, "2K (Continual-VS) and 5K
-  (Continual-AS) instances"); 10 / 15 epochs per task; Adam at lr 1e-4; batch size 48 (Table 6
+  (Continual-AS) instances"); 10 / 15 epochs per task; Adam at a constant lr 1e-4; batch size 48 (Table 6
   lists one pre-training batch size for both streams, and Appendix E confirms 48 for the main
   Continual-VS run);
 * per-method options from Table 5 (our option names; the mapping is in
@@ -28,7 +28,7 @@ __all__ = ["BenchmarkPreset", "PRESETS", "PRESET_SETTINGS", "get_preset", "resol
            "resolve_strategy_options"]
 
 #: RunConfig fields a preset may set (the command line leaves them unset unless given).
-PRESET_SETTINGS = ("mem_size", "epochs", "batch_size", "lr")
+PRESET_SETTINGS = ("mem_size", "epochs", "batch_size", "lr", "lr_schedule")
 
 _STELLA_FAMILY = ("stella", "stella+", "stella-random", "stella-mats", "stella-lpis", "stella-rca",
                   "stella-audio-freq", "stella-audio-none")
@@ -80,13 +80,13 @@ def _table5(*, der_alpha: float, gmed_reg: float, lump_alpha: float, esmer_gamma
 PRESETS: Mapping[str, BenchmarkPreset] = MappingProxyType({
     "continual-vs": BenchmarkPreset(
         "continual-vs",
-        _frozen({"mem_size": 2000, "epochs": 10, "batch_size": 48, "lr": 1e-4}),
+        _frozen({"mem_size": 2000, "epochs": 10, "batch_size": 48, "lr": 1e-4, "lr_schedule": "constant"}),
         _frozen(_table5(der_alpha=0.5, gmed_reg=0.05, lump_alpha=0.1, esmer_gamma=0.15, stella_beta=0.4)),
         "STELLA paper Sec. 5.1 (memory 2K), Table 6 (epochs, lr, batch size), Table 5 (method options)",
     ),
     "continual-as": BenchmarkPreset(
         "continual-as",
-        _frozen({"mem_size": 5000, "epochs": 15, "batch_size": 48, "lr": 1e-4}),
+        _frozen({"mem_size": 5000, "epochs": 15, "batch_size": 48, "lr": 1e-4, "lr_schedule": "constant"}),
         _frozen(_table5(der_alpha=1.0, gmed_reg=0.01, lump_alpha=0.05, esmer_gamma=0.2, stella_beta=0.1)),
         "STELLA paper Sec. 5.1 (memory 5K), Table 6 (epochs, lr, batch size), Table 5 (method options)",
     ),

@@ -28,10 +28,12 @@ CANDIDATES = {
     "bs32, lr2e-3, warmup+cosine": dict(batch_size=32, lr=2e-3, schedule=True),
     "bs16, lr1e-3, warmup+cosine": dict(batch_size=16, lr=1e-3, schedule=True),
     "bs16, lr2e-3, warmup+cosine": dict(batch_size=16, lr=2e-3, schedule=True),
+    "bs16, lr1e-3, warmup+cosine, 15 epochs": dict(batch_size=16, lr=1e-3, schedule=True, epochs=15),
 }
 
 
 def run(name: str, batch_size: int, lr: float, schedule: bool, epochs: int, seed: int, strategy: str, val: int) -> dict:
+    """Train one candidate on the stream minus its validation clips; A(R@5) on the validation clips."""
     torch.manual_seed(seed)
     bench = sounding_objects(seed=seed, validation_clips_per_class=val)
     model = create_model("tiny")
@@ -68,7 +70,8 @@ def main() -> None:
         names = [names[int(i)] for i in a.only.split(",")]
     results = []
     for name in names:
-        res = run(name, **CANDIDATES[name], epochs=a.epochs, seed=a.seed, strategy=a.strategy,
+        spec = {"epochs": a.epochs, **CANDIDATES[name]}
+        res = run(name, **spec, seed=a.seed, strategy=a.strategy,
                   val=a.validation_clips_per_class)
         results.append(res)
         print(f"{name:36s} A(R@5) a2v {res['A_R5_a2v']:.3f} v2a {res['A_R5_v2a']:.3f} "

@@ -187,6 +187,12 @@ def test_interrupted_and_resumed_run_keeps_every_csv_row(tmp_path, monkeypatch, 
     assert _csv_rows(cut) == reference
     res = json.loads((cut / "results.json").read_text())
     assert len(res["train_seconds_per_experience"]) == 2 and res["resumed_after_experiences"] == 1
+    # The evidence recorded beside retrieval survives the interruption too: the localization
+    # matrices and the diagnostics history equal the uninterrupted run's.
+    ref = json.loads((full / "results.json").read_text())
+    assert res["localization"] == ref["localization"]
+    assert res["diagnostics"] == ref["diagnostics"]
+    assert len(res["localization"]["streams"]["test"]["cosine"]["matrices"]["share"]) == 2
 
 
 # --------------------------------------------------------------------------- user errors

@@ -45,8 +45,10 @@ from avalanche_av.evaluation.metrics import (
 from avalanche_av.evaluation.plots import (
     modality_gap_curve,
     plot_accuracy_matrix,
+    plot_localization_over_tasks,
     plot_metric_curves,
     plot_modality_gap,
+    plot_training_diagnostics,
     save_accuracy_matrix_png,
 )
 from avalanche_av.evaluation.training_metrics import (
@@ -89,6 +91,8 @@ __all__ = [
     "localization_forgetting",
     "LocalizationMetrics",
     "plot_modality_gap",
+    "plot_training_diagnostics",
+    "plot_localization_over_tasks",
     "modality_gap_curve",
     "TrainingDiagnostic",
     "AVMMatchMetric",

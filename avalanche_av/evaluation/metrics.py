@@ -661,6 +661,7 @@ def av_evaluator(
     ks: Sequence[int] = (1, 5, 10),
     strict_checks: bool = False,
     collect_all: bool = True,
+    extra_metrics: Sequence[Any] = (),
     **kw: Any,
 ) -> EvaluationPlugin:
     """Evaluation plugin for audio-video pre-training: loss metrics plus :class:`RetrievalMetrics`.
@@ -670,6 +671,9 @@ def av_evaluator(
         ks: R@k cut-offs.
         strict_checks: forwarded to :class:`EvaluationPlugin` (whole-stream eval check).
         collect_all: forwarded to :class:`EvaluationPlugin`.
+        extra_metrics: more Avalanche metrics for the same plugin (e.g.
+            :func:`~avalanche_av.evaluation.training_diagnostics`,
+            :class:`~avalanche_av.evaluation.LocalizationMetrics`).
         **kw: forwarded to :class:`RetrievalMetrics` (``class_level``, ``modality_gap``,
             ``average_over``, ``n_tasks``, ``name``).
 
@@ -683,6 +687,7 @@ def av_evaluator(
     evaluator = EvaluationPlugin(
         loss_metrics(minibatch=False, epoch=True, experience=True, stream=True),
         retrieval,
+        *extra_metrics,
         loggers=loggers,
         collect_all=collect_all,
         strict_checks=strict_checks,

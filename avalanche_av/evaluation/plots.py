@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Mapping, Optional, Sequence, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 __all__ = ["plot_accuracy_matrix", "save_accuracy_matrix_png", "plot_metric_curves", "modality_gap_curve",
-           "plot_modality_gap", "plot_accuracy_matrices", "plot_method_bars"]
+           "plot_modality_gap", "plot_accuracy_matrices", "plot_method_bars", "plot_training_diagnostics",
+           "plot_localization_over_tasks"]
 
 ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Sequence[float]]]
 
@@ -383,4 +384,112 @@ def plot_method_bars(
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout(rect=(0.0, 0.35 / height_in, 1.0, 1.0))
+    return fig
+
+
+#: Panels of :func:`plot_training_diagnostics`: value name -> (y label, reference line or None).
+_DIAG_PANELS = {
+    "AVM_Acc": ("AVM match accuracy (chance 0.5)", 0.5),
+    "Excluded_v": ("excluded video patches (share)", None),
+    "Loc_Share": ("training-clip localization share", "Loc_Chance"),
+    "MemoryFill": ("memory fill", None),
+}
+
+
+def plot_training_diagnostics(
+    runs: Mapping[str, Mapping[str, Any]],
+    title: str = "Training diagnostics",
+) -> Optional[Figure]:
+    """Per-step diagnostics against training iterations, one line per run.
+
+    Args:
+        runs: label -> ``{metric class name: metric.to_dict()}`` as ``results.json`` stores them
+            under ``"diagnostics"`` (each ``to_dict`` holds ``history``: records of
+            ``iteration``, ``experience`` and ``values``).
+        title: figure title.
+
+    Returns:
+        One panel per value that any run has (:data:`_DIAG_PANELS`: AVM accuracy, excluded
+        video share, training-clip localization with its chance level dashed, memory fill), or
+        ``None`` when no run recorded any of them.
+    """
+    series: Dict[str, Dict[str, tuple]] = {}
+    for label, metrics in runs.items():
+        points: Dict[str, list] = {}
+        for block in metrics.values():
+            for rec in block.get("history", []):
+                for name, v in rec.get("values", {}).items():
+                    points.setdefault(name, []).append((rec["iteration"], v))
+        for name, pts in points.items():
+            pts.sort()
+            series.setdefault(name, {})[label] = (np.array([p[0] for p in pts]), np.array([p[1] for p in pts]))
+    panels = [n for n in _DIAG_PANELS if n in series]
+    if not panels:
+        return None
+    fig = _new_figure((4.2 * len(panels), 3.6))
+    for i, name in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        ylabel, ref = _DIAG_PANELS[name]
+        for label, (x, y) in series[name].items():
+            line = ax.plot(x, y, label=label, linewidth=1.2)[0]
+            if isinstance(ref, str) and label in series.get(ref, {}):
+                rx, ry = series[ref][label]
+                ax.plot(rx, ry, linestyle="--", color=line.get_color(), linewidth=0.9, alpha=0.8)
+        if isinstance(ref, float):
+            ax.axhline(ref, color="grey", linestyle="--", linewidth=0.9, label="chance")
+        ax.set_xlabel("training iteration")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if name == "Loc_Share":
+            ax.set_title("dashed: chance (uniform map)", fontsize=9)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_localization_over_tasks(
+    curves: Mapping[str, ArrayLike],
+    chance: Optional[ArrayLike] = None,
+    title: str = "Localization after each task",
+    ylabel: str = "share of the map on sounding patches",
+) -> Figure:
+    """A localization statistic after each training task, one line per method.
+
+    Args:
+        curves: method -> ``(R,)`` values or ``(S, R)`` over seeds (mean with a ±1 std band).
+        chance: optional ``(R,)`` chance level (a uniform map's share), drawn dashed.
+        title, ylabel: labels.
+    """
+    if not curves:
+        raise ValueError("plot_localization_over_tasks needs at least one method")
+    fig = _new_figure((6.4, 4.2))
+    ax = fig.add_subplot(1, 1, 1)
+    n_max = 0
+    for name, value in curves.items():
+        arr = np.asarray(value, dtype=np.float64)
+        if arr.ndim == 1:
+            arr = arr[None]
+        if arr.ndim != 2:
+            raise ValueError(f"curves[{name!r}] must be (R,) or (S, R), got shape {arr.shape}")
+        x = np.arange(1, arr.shape[1] + 1)
+        n_max = max(n_max, arr.shape[1])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(arr, axis=0)
+            std = np.nanstd(arr, axis=0) if arr.shape[0] > 1 else None
+        label = name if arr.shape[0] == 1 else f"{name} ({arr.shape[0]} seeds)"
+        line = ax.plot(x, mean, marker="o", label=label)[0]
+        if std is not None:
+            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    if chance is not None:
+        c = np.asarray(chance, dtype=np.float64).reshape(-1)
+        ax.plot(np.arange(1, c.size + 1), c, color="grey", linestyle="--", label="chance (uniform map)")
+    ax.set_xticks(np.arange(1, n_max + 1))
+    ax.set_xlabel("after training task")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
