@@ -219,3 +219,43 @@ def test_registry_builds_every_named_strategy():
         assert isinstance(plugins, list)
     (sp,) = make_plugins("stella+", mem_size=8, batch_size=4)
     assert sp.store_patches and sp.batch_size_mem == 4
+
+
+class _ImportanceProbe(SupervisedPlugin):
+    """Records, per step, the gate's average before the step and the video importance used."""
+
+    def __init__(self, stella):
+        super().__init__()
+        self.stella = stella
+        self.records = []
+
+    def before_backward(self, strategy, **kw):
+        ema = self.stella.avm_acc_ema
+        self.records.append((None if ema is None else float(ema), self.stella.step.imp_v.clone()))
+
+
+@pytest.mark.parametrize("gate", [0.99, 0.01])
+def test_avm_gate_uses_uniform_importance_until_the_avm_matches(tiny_stream, gate):
+    """A gate the AVM cannot reach keeps importance uniform (1/N) on every step; a gate it passes
+    at once leaves the AVM's importance (not uniform). The average restarts per experience."""
+    stella = StellaPlugin(mem_size=4, avm_gate=gate)
+    probe = _ImportanceProbe(stella)
+    strategy = make_strategy([stella, probe], mb=4)
+    strategy.train(tiny_stream.train_stream[0])
+    nv = strategy.model.config.num_video_patches
+    uniform = torch.full((nv,), 1.0 / nv)
+    flags = []
+    for ema, imp in probe.records:
+        assert ema is not None and 0.0 <= ema <= 1.0
+        rows_uniform = torch.allclose(imp, uniform.expand_as(imp))
+        assert rows_uniform == (ema < gate)  # the average includes this step's accuracy
+        flags.append(rows_uniform)
+    assert any(flags) if gate == 0.99 else not all(flags)
+    assert stella.avm_acc_ema is not None
+    stella.before_training_exp(strategy)
+    assert stella.avm_acc_ema is None
+
+
+def test_avm_gate_out_of_range_is_refused():
+    with pytest.raises(ValueError, match="avm_gate"):
+        StellaPlugin(avm_gate=1.0)

@@ -184,6 +184,13 @@ class StellaPlugin(OnlineMemoryPlugin):
             draws from their stored scores). Costs ``2·(2·Na + 2·Nv + 2·D)`` bytes per clip seen
             on the strategy's device (8,256 B at ``base``).
 
+        avm_gate: ``0`` (default, the paper): the AVM's importance is used from the first step.
+            ``g`` in (0, 1) (an option beyond the paper, ``docs/stella.md`` "AVM gate"): at the
+            start of every experience, and until a moving average (decay 0.9, restarted per
+            experience) of the AVM's match accuracy on the current batches reaches ``g``,
+            importance is uniform, as in the RCA ablation; the exclusion still runs. The
+            average stays on the device and gates with ``torch.where``: no host sync.
+
     Raises:
         ValueError: a ρ outside (0, 1], an unknown selection mode, ``mem_size < 1``, a
             ``store_patches`` that contradicts the injected buffer, or (at the start of training)
@@ -227,6 +234,7 @@ class StellaPlugin(OnlineMemoryPlugin):
         memory_device: str = "cpu",
         seed: int = 0,
         score_cache_epochs: int = 0,
+        avm_gate: float = 0.0,
     ):
         if isinstance(score_cache_epochs, bool) or not isinstance(score_cache_epochs, int) or score_cache_epochs < 0:
             raise ValueError(f"score_cache_epochs must be an int >= 0 (0: off), got {score_cache_epochs!r}")
@@ -270,6 +278,11 @@ class StellaPlugin(OnlineMemoryPlugin):
         #: training epochs completed (the cache's clock)
         self.epochs_seen = 0
         self._avm_carry: Optional[tuple] = None
+        if not 0.0 <= float(avm_gate) < 1.0:
+            raise ValueError(f"avm_gate must be in [0, 1), got {avm_gate}")
+        self.avm_gate = float(avm_gate)
+        #: moving average of the AVM's match accuracy in this experience (device scalar), or None
+        self.avm_acc_ema: Optional[Tensor] = None
 
     # ------------------------------------------------------------------ memory layout
     def make_storage(self, mem_size: int, device: str) -> StellaBuffer:
@@ -310,6 +323,10 @@ class StellaPlugin(OnlineMemoryPlugin):
         super().before_training(strategy, **kwargs)
         self._setup(strategy)
         self.avm.train()
+
+    def before_training_exp(self, strategy, **kwargs):
+        # The gate's average restarts with every experience: on new classes the AVM starts at chance.
+        self.avm_acc_ema = None
 
     # ------------------------------------------------------------------ stages
     def _score(self, strategy, audio: Tensor, video: Tensor) -> StellaScores:
@@ -365,6 +382,11 @@ class StellaPlugin(OnlineMemoryPlugin):
         elif self.selection == "stella" and self.use_importance:
             imp_v = sel.importance(out.attn_logits_av, self.beta)
             imp_a = sel.importance(out.attn_logits_va, self.beta)
+            if self.avm_gate > 0 and self.avm_acc_ema is not None:
+                # 1/N per patch: the same scale as the importance, so stored rows stay comparable.
+                closed = self.avm_acc_ema < self.avm_gate
+                imp_v = torch.where(closed, torch.full_like(imp_v, 1.0 / nv), imp_v)
+                imp_a = torch.where(closed, torch.full_like(imp_a, 1.0 / na), imp_a)
         else:
             imp_v = torch.ones(b, nv, device=dev)
             imp_a = torch.ones(b, na, device=dev)
@@ -453,6 +475,8 @@ class StellaPlugin(OnlineMemoryPlugin):
             scores = self._score(strategy, audio, video)
         with record_function("stella.avm_loss"):
             loss_avm, acc = self._avm_loss(strategy, scores)
+        if self.avm_gate > 0:
+            self.avm_acc_ema = acc if self.avm_acc_ema is None else 0.9 * self.avm_acc_ema + 0.1 * acc
         step = StellaStep(n_current=audio.shape[0], first_step=memory is None, scores=scores, avm_loss=loss_avm,
                           avm_acc=acc, memory=memory)
         with torch.no_grad():
@@ -601,6 +625,8 @@ class StellaPlugin(OnlineMemoryPlugin):
         if self.score_cache is not None:
             state.update(score_cache=self.score_cache.state_dict(), epochs_seen=self.epochs_seen,
                          avm_carry=self._avm_carry)
+        if self.avm_gate > 0:
+            state["avm_acc_ema"] = None if self.avm_acc_ema is None else self.avm_acc_ema.detach().cpu()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -613,4 +639,7 @@ class StellaPlugin(OnlineMemoryPlugin):
             self.score_cache.load_state_dict(state["score_cache"], dev)
             self.epochs_seen = int(state["epochs_seen"])
             self._avm_carry = state.get("avm_carry")
+        if self.avm_gate > 0 and state.get("avm_acc_ema") is not None:
+            dev = next(self.avm.parameters()).device if self.avm is not None else None
+            self.avm_acc_ema = state["avm_acc_ema"].to(dev)
         super().load_state_dict(state)
