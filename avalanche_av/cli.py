@@ -60,6 +60,8 @@ def _add_common(r: argparse.ArgumentParser, d: Any, out_default: Optional[str] =
     r.add_argument("--benchmark", default=d.benchmark, help=f"stream, one of {', '.join(BENCHMARKS)}; "
                                                             "default %(default)s")
     r.add_argument("--data-root", default=None, help="dataset root for real benchmarks")
+    r.add_argument("--allow-outside-root", action="store_true",
+                   help="read prepare-cache manifest entries whose paths resolve outside --data-root (refused by default)")
     r.add_argument("--seed", type=int, default=d.seed)
     # None = not given: the benchmark preset (continual-vs/as, see docs/compare.md) or the default applies.
     preset = "; continual-vs/as: the paper's value, see docs/compare.md"

@@ -55,6 +55,8 @@ BENCHMARKS = ("synthetic", *REAL_BENCHMARKS)
 #: goes and what it prints, never what it computes. Everything else is refused.
 SAFE_TO_CHANGE_ON_RESUME = (
     "device", "num_workers", "progress", "out_dir", "resume", "eval_batch_size", "csv_log", "tensorboard",
+    # A permission to read cache files outside the data root, not a setting of the experiment.
+    "allow_outside_root",
 )
 
 _AMP_CHOICES = ("auto", "bf16", "fp16", "off", None)
@@ -71,6 +73,8 @@ class RunConfig:
     model: str = "tiny"
     benchmark: str = "synthetic"
     data_root: Optional[str] = None
+    #: read ``prepare``-cache manifest entries that resolve outside ``data_root`` (refused by default)
+    allow_outside_root: bool = False
     seed: int = 0
     epochs: int = 15
     batch_size: int = 16
@@ -272,7 +276,7 @@ def build_benchmark(cfg: RunConfig) -> AVBenchmark:
             kw["retrieval_clips_per_class"] = cfg.eval_clips_per_class
         return real_benchmark(cfg.benchmark, cfg.data_root, seed=cfg.seed, n_frames=mc.n_frames,
                               image_size=mc.image_size, target_length=mc.audio_length,
-                              num_mel_bins=mc.num_mel_bins, **kw)
+                              num_mel_bins=mc.num_mel_bins, allow_outside_root=cfg.allow_outside_root, **kw)
     raise ValueError(f"unknown benchmark {cfg.benchmark!r}; allowed: {list(BENCHMARKS)}")
 
 

@@ -553,6 +553,18 @@ def test_cache_manifest_path_escaping_the_root_is_refused(tmp_path, absolute, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(manifest) in err and "Traceback" not in err
     assert _quiet(main, args + ["--allow-outside-root"]) == 0
+    if absolute:
+        return
+    # `run` (and `compare`, same flags) refuses it too, and trains with the opt-in.
+    run = ["run", "--strategy", "finetune", "--benchmark", "continual-vs", "--data-root", str(info.root),
+           "--n-tasks", "1", "--classes-per-task", "1", "--eval-clips-per-class", "1", "--epochs", "1",
+           "--batch-size", "2", "--no-progress", "--no-csv", "--no-diagnostics", "--out", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert _quiet(main, run) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(manifest) in err and "Traceback" not in err
+    assert _quiet(main, run + ["--allow-outside-root"]) == 0
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["config"]["allow_outside_root"] is True
 
 
 def test_eight_channel_clip_in_a_benchmark_decodes(tmp_path):
