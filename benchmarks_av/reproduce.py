@@ -148,6 +148,24 @@ def _collect(runs_dir: Path, dest: Path) -> None:
         shutil.copytree(runs_dir / "heatmaps", dest / "heatmaps", dirs_exist_ok=True)
 
 
+def collect_figures(runs_dir: Path, dest: Path, methods: Sequence[str], seed: int = 0) -> List[Path]:
+    """Copy each method's attention maps and training diagnostics of one seed out of the (git
+    ignored) run folders: ``dest/<method>_clip<id>.png`` and ``dest/<method>_diagnostics.png``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for m in methods:
+        folder = runs_dir / m.replace("+", "plus") / f"seed{seed}"
+        for png in sorted((folder / "attention").glob("tracked_clip*.png")):
+            target = dest / f"{m.replace('+', 'plus')}_{png.stem.replace('tracked_', '')}.png"
+            shutil.copy2(png, target)
+            copied.append(target)
+        if (folder / "training_diagnostics.png").exists():
+            target = dest / f"{m.replace('+', 'plus')}_diagnostics.png"
+            shutil.copy2(folder / "training_diagnostics.png", target)
+            copied.append(target)
+    return copied
+
+
 def _table_step(runner: Runner, name: str, methods: Sequence[str], seeds: str, runs: Path, out: Path,
                 extra: Sequence[str]) -> None:
     """One ``compare`` per method on the workers, then one that reads them all back."""
@@ -195,7 +213,7 @@ def memory_figure(points: Dict[int, Path], methods: Sequence[str], path: Path) -
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(x) for x in sizes])
         ax.set_xlabel("memory size (clips)")
-        ax.set_ylabel(f"{which}{'↑' if which == 'A' else '↓'} (%), mean over R@1/5/10 and both directions")
+        ax.set_ylabel(f"{which}{'↑' if which == 'A' else '↓'} (%), mean of R@1/5/10, a2v and v2a")
         ax.set_title(f"{'Average retrieval' if which == 'A' else 'Forgetting'} vs memory size")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
@@ -291,6 +309,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "table1" in steps:
         runner.run_all([("table1-merge", _compare(methods, seeds, runs, budget))])
         _collect(runs, out / "table1")
+        collect_figures(runs, out / "figures", methods, seed=int(seeds.split(",")[0]))
     if "table3" in steps:
         runner.run_all([("table3-merge", _compare(TABLE3, seeds, runs, budget))])
         _collect(runs, out / "table3")
