@@ -767,8 +767,11 @@ def _evidence_plots(data: Mapping[str, Any], out: Path) -> Dict[str, Path]:
                                                           f"{n_seeds} seed(s))")
         paths["modality_gap"] = _save(fig, out / "modality_gap.png")
     if loc_curves:
-        fig = plot_localization_over_tasks(loc_curves, chance=chance,
-                                           title=f"Localization on the tasks seen so far ({n_seeds} seed(s))")
+        groups = {"audio→video embedding cosine map": [n for n in loc_curves if not n.endswith(" (AVM)")],
+                  "STELLA's AVM importance map": [n for n in loc_curves if n.endswith(" (AVM)")]}
+        fig = plot_localization_over_tasks(loc_curves, chance=chance, groups={k: v for k, v in groups.items() if v},
+                                           title=f"Localization on the tasks seen so far ({n_seeds} seed(s); "
+                                                 f"±1 std band)")
         paths["localization"] = _save(fig, out / "localization_over_tasks.png")
     if diags:
         fig = plot_training_diagnostics(diags, title="Training diagnostics (first seed)")

@@ -25,10 +25,11 @@ reads finished runs back.
 
 Budgets. The full variant uses the main job's settings (``avalanche-av run`` defaults: 4 tasks
 x 4 classes x 128 clips, batch 16, warm-up + cosine, memory 64) with 10 epochs per task instead
-of 15 (:data:`TABLE_BUDGET`), and 3 seeds: about 3 CPU-minutes per run with one thread, about
-2 hours on 2 cores for the default steps, less with ``--steps``. ``--quick`` is a smoke-sized stream (2 tasks x 2 classes x 16 clips, 2 epochs,
-1 seed) that checks the whole pipeline in under 15 minutes on 2 cores; its numbers are not
-results.
+of 15 (:data:`TABLE_BUDGET`), and 3 seeds: about 3 CPU-minutes per run with one thread. On
+2 cores with ``--jobs 2``, ``table1,table3,stella_pp,memory`` (``--memory-seeds 0``) took
+94.7 min and ``remedy`` 17 min more (2026-12-01, RESULTS.md section 10). ``--quick`` is a
+smoke-sized stream (2 tasks x 2 classes x 16 clips, 2 epochs, 1 seed) that checks the whole
+pipeline: 2 min 50 s on 2 idle cores. Its numbers are not results.
 
     python benchmarks_av/reproduce.py --quick --out /tmp/reproduce_quick
     python benchmarks_av/reproduce.py --jobs 2 --out benchmarks_av/results/reproduce
@@ -223,6 +224,62 @@ def memory_figure(points: Dict[int, Path], methods: Sequence[str], path: Path) -
     return path
 
 
+def tradeoff_figure(sources: Dict[str, Path], path: Path) -> Optional[Path]:
+    """A against F for every method of every step, one point each (mean over R@K and both
+    directions; error bars = std over seeds), with the least-squares line and Pearson's r.
+
+    ``sources`` maps a step name (added to the label for all but ``table1``) to its
+    ``compare.json``; runs already drawn from an earlier step (equal per-seed A and F, as when a
+    step reads Table 1's runs back) are drawn once.
+    """
+    import numpy as np
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    points = []
+    for step, src in sources.items():
+        if not src.exists():
+            continue
+        data = json.loads(src.read_text())
+        for m in data["strategies"]:
+            per_seed = {"A": [], "F": []}
+            for rec in data["runs"].get(m, {}).values():
+                for which in per_seed:
+                    vals = [rec["metrics"][d][c][which] for d in ("a2v", "v2a") for c in rec["metrics"][d]]
+                    if all(v is not None for v in vals):
+                        per_seed[which].append(float(np.mean(vals)))
+            label = m if step == "table1" else f"{m} ({step})"
+            same_runs = any(np.array_equal(per_seed["A"], q[1]) and np.array_equal(per_seed["F"], q[2]) for q in points)
+            if per_seed["A"] and per_seed["F"] and not same_runs:
+                points.append((label, np.array(per_seed["A"]), np.array(per_seed["F"])))
+    if len(points) < 2:
+        return None
+    fig = Figure(figsize=(8.5, 5.2))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    palette = colormaps["tab20"].colors[0::2] + colormaps["tab20"].colors[1::2]
+    for i, (label, a, f) in enumerate(points):
+        ax.errorbar(a.mean(), f.mean(), xerr=a.std(ddof=1) if a.size > 1 else 0,
+                    yerr=f.std(ddof=1) if f.size > 1 else 0, marker="o" if "stella" not in label else "s",
+                    color=palette[i % len(palette)], capsize=2, linestyle="none", label=label)
+    xs = np.array([p[1].mean() for p in points])
+    ys = np.array([p[2].mean() for p in points])
+    slope, icept = np.polyfit(xs, ys, 1)
+    r = float(np.corrcoef(xs, ys)[0, 1])
+    grid = np.linspace(xs.min(), xs.max(), 2)
+    ax.plot(grid, slope * grid + icept, color="grey", linestyle="--", linewidth=1,
+            label=f"least squares, Pearson r = {r:.2f} (n = {len(points)})")
+    ax.set_xlabel("A↑ (%), mean of R@1/5/10, a2v and v2a")
+    ax.set_ylabel("F↓ (%), mean of R@1/5/10, a2v and v2a")
+    ax.set_title("Plasticity against forgetting: every method and variant (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
 def stella_pp_batch(batch: int, log_path: Path) -> int:
     """The largest STELLA+ batch whose saved activations fit DER++'s at ``batch`` (tiny model);
     read back from ``log_path`` when an earlier call wrote it for the same ``batch``."""
@@ -240,7 +297,7 @@ def stella_pp_batch(batch: int, log_path: Path) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="smoke-sized stream, 1 seed (< 15 min on 2 cores)")
+    ap.add_argument("--quick", action="store_true", help="smoke-sized stream, 1 seed (about 3 min on 2 cores)")
     ap.add_argument("--seeds", default=None, help="default 0,1,2 (quick: 0)")
     ap.add_argument("--jobs", type=int, default=2, help="concurrent runs, each with --threads threads")
     ap.add_argument("--threads", type=int, default=1)
@@ -332,6 +389,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if "stella_pp" in steps:
         _collect(out / "runs_stella_pp", out / "stella_pp")
     runner.jobs = n_jobs
+    fig = tradeoff_figure({"table1": out / "table1" / "compare.json", "table3": out / "table3" / "compare.json",
+                           f"AVM gate {AVM_GATE}": out / "remedy" / "compare.json",
+                           f"STELLA++, batch {report.get('stella_pp_batch')}": out / "stella_pp" / "compare.json"},
+                          out / "tradeoff.png")
+    report["tradeoff_figure"] = str(fig) if fig else None
 
     report["seconds"] = round(time.time() - t0, 1)
     report["commands"] = runner.log
@@ -362,6 +424,8 @@ def _write_report(out: Path, report: dict) -> None:
         md = out / name / "compare.md"
         if md.exists():
             lines += [f"## {title}", "", md.read_text().replace("# Comparison", "### Comparison"), ""]
+    if report.get("tradeoff_figure"):
+        lines += ["## A against F", "", "![A against F](tradeoff.png)", ""]
     if report.get("memory_figure"):
         lines += ["## Fig. 5", "", "![memory size](memory_size.png)", ""]
     lines += ["## Commands", ""] + [f"- `{c['command']}` ({c['seconds']:.0f} s, rc {c['rc']})"

@@ -21,6 +21,7 @@ from avalanche_av.evaluation import (
     localization_score,
     modality_gap,
     modality_gap_curve,
+    plot_localization_over_tasks,
     plot_modality_gap,
     sounding_patches,
     training_diagnostics,
@@ -61,6 +62,22 @@ def test_modality_gap_curve_and_plot():
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.51, 0.49, 0.48])  # mean over the 2 seeds
     np.testing.assert_allclose(ax.lines[1].get_ydata(), [0.40, 0.38, 0.37])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["stella (mean ± std, 2 seeds)", "er"]
+
+
+def test_localization_plot_panels_share_one_colour_per_method():
+    curves = {"er": np.array([[0.02, 0.01], [0.04, 0.03]]), "stella": np.array([0.05, 0.04]),
+              "stella (AVM)": np.array([0.20, 0.25])}
+    fig = plot_localization_over_tasks(curves, chance=[0.03, 0.03], groups={
+        "cosine": ["er", "stella"], "AVM": ["stella (AVM)"]})
+    cos_ax, avm_ax = fig.axes
+    assert [cos_ax.get_title(), avm_ax.get_title()] == ["cosine", "AVM"]
+    np.testing.assert_allclose(cos_ax.lines[0].get_ydata(), [0.03, 0.02])  # mean over the 2 seeds
+    np.testing.assert_allclose(avm_ax.lines[0].get_ydata(), [0.20, 0.25])
+    # a variant "m (…)" keeps m's colour across panels; different methods differ
+    assert cos_ax.lines[1].get_color() == avm_ax.lines[0].get_color() != cos_ax.lines[0].get_color()
+    assert avm_ax.lines[-1].get_label() == "chance (uniform map)"
+    with pytest.raises(ValueError, match="not given"):
+        plot_localization_over_tasks(curves, groups={"x": ["esmer"]})
 
 
 # ----------------------------------------------------------------------------- scores

@@ -14,6 +14,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -453,43 +454,65 @@ def plot_localization_over_tasks(
     chance: Optional[ArrayLike] = None,
     title: str = "Localization after each task",
     ylabel: str = "share of the map on sounding patches",
+    groups: Optional[Mapping[str, Sequence[str]]] = None,
 ) -> Figure:
     """A localization statistic after each training task, one line per method.
 
     Args:
         curves: method -> ``(R,)`` values or ``(S, R)`` over seeds (mean with a ±1 std band).
-        chance: optional ``(R,)`` chance level (a uniform map's share), drawn dashed.
+        chance: optional ``(R,)`` chance level (a uniform map's share), drawn dashed in every panel.
         title, ylabel: labels.
+        groups: optional panel title -> names of ``curves`` drawn in that panel, side by side with
+            their own y-axis (maps on very different scales stay readable). Default: one panel.
+
+    A curve named ``"m (variant)"`` takes the colour of ``m``, so one method keeps one colour across
+    panels; colours come from a 20-colour palette, enough for every method of Table 1.
     """
     if not curves:
         raise ValueError("plot_localization_over_tasks needs at least one method")
-    fig = _new_figure((6.4, 4.2))
-    ax = fig.add_subplot(1, 1, 1)
-    n_max = 0
-    for name, value in curves.items():
-        arr = np.asarray(value, dtype=np.float64)
-        if arr.ndim == 1:
-            arr = arr[None]
-        if arr.ndim != 2:
-            raise ValueError(f"curves[{name!r}] must be (R,) or (S, R), got shape {arr.shape}")
-        x = np.arange(1, arr.shape[1] + 1)
-        n_max = max(n_max, arr.shape[1])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            mean = np.nanmean(arr, axis=0)
-            std = np.nanstd(arr, axis=0) if arr.shape[0] > 1 else None
-        label = name if arr.shape[0] == 1 else f"{name} ({arr.shape[0]} seeds)"
-        line = ax.plot(x, mean, marker="o", label=label)[0]
-        if std is not None:
-            ax.fill_between(x, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    if chance is not None:
-        c = np.asarray(chance, dtype=np.float64).reshape(-1)
-        ax.plot(np.arange(1, c.size + 1), c, color="grey", linestyle="--", label="chance (uniform map)")
-    ax.set_xticks(np.arange(1, n_max + 1))
-    ax.set_xlabel("after training task")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = dict(groups) if groups else {"": list(curves)}
+    unknown = [n for names in panels.values() for n in names if n not in curves]
+    if unknown:
+        raise ValueError(f"groups name curves that are not given: {unknown}")
+    # tab20 lists dark/light pairs; the 10 dark ones first keeps neighbours apart.
+    palette = colormaps["tab20"].colors[0::2] + colormaps["tab20"].colors[1::2]
+    bases: list = []
+    for name in curves:
+        base = name.split(" (")[0]
+        if base not in bases:
+            bases.append(base)
+    colour = {name: palette[bases.index(name.split(" (")[0]) % len(palette)] for name in curves}
+    fig = _new_figure((5.6 * len(panels) + 1.8, 4.4))
+    axes = [fig.add_subplot(1, len(panels), i + 1) for i in range(len(panels))]
+    for ax, (panel, names) in zip(axes, panels.items()):
+        n_max = 0
+        for name in names:
+            arr = np.asarray(curves[name], dtype=np.float64)
+            if arr.ndim == 1:
+                arr = arr[None]
+            if arr.ndim != 2:
+                raise ValueError(f"curves[{name!r}] must be (R,) or (S, R), got shape {arr.shape}")
+            x = np.arange(1, arr.shape[1] + 1)
+            n_max = max(n_max, arr.shape[1])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(arr, axis=0)
+                std = np.nanstd(arr, axis=0) if arr.shape[0] > 1 else None
+            label = name if arr.shape[0] == 1 else f"{name} ({arr.shape[0]} seeds)"
+            ax.plot(x, mean, marker="o", color=colour[name], label=label)
+            if std is not None:
+                ax.fill_between(x, mean - std, mean + std, color=colour[name], alpha=0.15, linewidth=0)
+        if chance is not None:
+            c = np.asarray(chance, dtype=np.float64).reshape(-1)
+            ax.plot(np.arange(1, c.size + 1), c, color="grey", linestyle="--", label="chance (uniform map)")
+            n_max = max(n_max, c.size)
+        ax.set_xticks(np.arange(1, n_max + 1))
+        ax.set_xlabel("after training task")
+        ax.set_ylabel(ylabel)
+        if panel:
+            ax.set_title(panel, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig
