@@ -86,6 +86,30 @@ class _TeacherState:
         return teacher
 
 
+class _FrozenTeacher:
+    """A plugin whose teacher is ``self.prev_model``, frozen after every experience and kept in
+    checkpoints as a state dict (rebuilt on the strategy's model at the next ``before_training``).
+    Listed first among the bases, so it replaces Avalanche's own ``after_training_exp``."""
+
+    prev_model: Optional[torch.nn.Module]
+    _pending_teacher: Optional[dict] = None
+
+    def _restore_teacher(self, strategy) -> None:
+        if self._pending_teacher is not None:
+            self.prev_model = _TeacherState.restore(strategy, self._pending_teacher)
+            self._pending_teacher = None
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.prev_model = _frozen_copy(strategy.model)
+
+    def state_dict(self) -> dict:
+        return {"teacher": _TeacherState.save(self.prev_model) if self.prev_model is not None else self._pending_teacher}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.prev_model = None
+        self._pending_teacher = state["teacher"]
+
+
 class SSLLwFPlugin(LwFPlugin):
     """Avalanche's Learning without Forgetting (Li & Hoiem, 2017), distilling pooled embeddings.
 
@@ -163,7 +187,7 @@ class SSLLwFPlugin(LwFPlugin):
         self._pending_teacher = state["teacher"]
 
 
-class SSLLFLPlugin(LFLPlugin):
+class SSLLFLPlugin(_FrozenTeacher, LFLPlugin):
     """Avalanche's Less-Forgetful Learning (Jung et al., 2016) on pooled embeddings.
 
     LFL adds ``lambda_e · MSE(f, f_old)`` between the current and previous model's features of the
@@ -190,9 +214,7 @@ class SSLLFLPlugin(LFLPlugin):
 
     def before_training(self, strategy, **kwargs):
         require_av_template(strategy, self)
-        if self._pending_teacher is not None:
-            self.prev_model = _TeacherState.restore(strategy, self._pending_teacher)
-            self._pending_teacher = None
+        self._restore_teacher(strategy)
 
     def compute_features(self, model, x):
         """``x = (audio (B, T, F), video (B, n, 3, H, W))`` -> student and teacher features ``(B, 2D)``."""
@@ -218,18 +240,9 @@ class SSLLFLPlugin(LFLPlugin):
         self.last_penalty = loss.detach()
         strategy.loss = strategy.loss + loss
 
-    def after_training_exp(self, strategy, **kwargs):
-        self.prev_model = _frozen_copy(strategy.model)
-
-    def state_dict(self) -> dict:
-        return {"teacher": _TeacherState.save(self.prev_model) if self.prev_model is not None else self._pending_teacher}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.prev_model = None
-        self._pending_teacher = state["teacher"]
 
 
-class SSLFeatureDistillationPlugin(FeatureDistillationPlugin):
+class SSLFeatureDistillationPlugin(_FrozenTeacher, FeatureDistillationPlugin):
     """Avalanche's feature distillation (cosine or MSE to the previous model's features) on pooled embeddings.
 
     Adapted part: :meth:`before_backward` reads the features from :func:`distillation_features`
@@ -255,9 +268,7 @@ class SSLFeatureDistillationPlugin(FeatureDistillationPlugin):
 
     def before_training(self, strategy, **kwargs):
         require_av_template(strategy, self)
-        if self._pending_teacher is not None:
-            self.prev_model = _TeacherState.restore(strategy, self._pending_teacher)
-            self._pending_teacher = None
+        self._restore_teacher(strategy)
         super().before_training(strategy, **kwargs)
 
     def distillation_loss(self, model: torch.nn.Module, audio: torch.Tensor, video: torch.Tensor) -> torch.Tensor:
@@ -280,12 +291,3 @@ class SSLFeatureDistillationPlugin(FeatureDistillationPlugin):
         self.last_penalty = loss.detach()
         strategy.loss = strategy.loss + loss
 
-    def after_training_exp(self, strategy, **kwargs):
-        self.prev_model = _frozen_copy(strategy.model)
-
-    def state_dict(self) -> dict:
-        return {"teacher": _TeacherState.save(self.prev_model) if self.prev_model is not None else self._pending_teacher}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.prev_model = None
-        self._pending_teacher = state["teacher"]
