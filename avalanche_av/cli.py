@@ -94,6 +94,11 @@ def _add_common(r: argparse.ArgumentParser, d: Any, out_default: Optional[str] =
                    help="retrieval clips (first of each of the first N tasks) whose attention maps are drawn after "
                         "the first and the last task (default %(default)s; 0: none)")
     r.add_argument(
+        "--synthetic", action="append", default=[], metavar="KEY=VALUE",
+        help="synthetic stream setting (SoundingObjectsConfig field), e.g. --synthetic image_size=128 "
+             "--synthetic object_cells=2 for base-like shapes; the model preset adapts (repeatable)",
+    )
+    r.add_argument(
         "--option", action="append", default=[], metavar="KEY=VALUE",
         help="strategy option, e.g. --option alpha=0.5, or for one method only --option stella:rho_v=0.6 "
              "(repeatable; values parsed as Python literals). Without a method prefix an option goes to every "
@@ -122,6 +127,20 @@ def _parse_options(items: Sequence[str]) -> tuple[dict, dict]:
     return shared, per_method
 
 
+def _parse_synthetic(items: Sequence[str]) -> dict:
+    """``--synthetic KEY=VALUE`` items -> ``{key: value}``, values parsed as Python literals."""
+    out: dict = {}
+    for item in items:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise ValueError(f"--synthetic expects KEY=VALUE, got {item!r}")
+        try:
+            out[k.strip()] = ast.literal_eval(v)
+        except (ValueError, SyntaxError):
+            out[k.strip()] = v
+    return out
+
+
 def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
     """The run config of ``run`` / ``compare`` and each strategy's options, fully validated:
     strategy names and options, sizes, model, device, output folder. The benchmark preset fills
@@ -136,7 +155,7 @@ def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
     from .presets import PRESET_SETTINGS, get_preset, resolve_settings, resolve_strategy_options
     from .training.distributed import is_main_process
 
-    skip = ("command", "list_strategies", "option", "strategies", "seeds", "forgetting", "run_progress", "isolate",
+    skip = ("command", "list_strategies", "option", "synthetic", "strategies", "seeds", "forgetting", "run_progress", "isolate",
             *PRESET_SETTINGS)
     fields = {k: v for k, v in vars(args).items() if k not in skip}
     fields.setdefault("strategy", strategies[0])
@@ -145,7 +164,8 @@ def _config_from_args(args: argparse.Namespace, strategies: Sequence[str]):
                                          {n: getattr(d, n) for n in PRESET_SETTINGS})
     shared, per_method = _parse_options(args.option)
     options = resolve_strategy_options(list(strategies), shared, per_method, benchmark=args.benchmark)
-    cfg = RunConfig(**fields, **settings, strategy_options=options[fields["strategy"]])
+    cfg = RunConfig(**fields, **settings, strategy_options=options[fields["strategy"]],
+                    synthetic_options=_parse_synthetic(args.synthetic))
     for s in strategies:
         dataclasses.replace(cfg, strategy=s, strategy_options=options[s]).validate()
     preset = get_preset(args.benchmark)

@@ -41,7 +41,7 @@ import pandas as pd
 import torch
 from avalanche.core import SupervisedPlugin
 
-from .experiment import SAFE_TO_CHANGE_ON_RESUME, RunConfig, run_experiment
+from .experiment import RunConfig, run_experiment, settings_diff
 from .training.distributed import is_main_process, torchrun_env
 
 __all__ = [
@@ -119,16 +119,6 @@ class PlannedRun:
     state: str
 
 
-def _settings_diff(saved: Mapping[str, Any], cfg: RunConfig) -> List[str]:
-    given = cfg.to_json()
-    absent = "<not set>"
-    return [
-        f"{k}: {saved.get(k, absent)!r} → {given.get(k, absent)!r}"
-        for k in sorted(set(saved) | set(given))
-        if k not in SAFE_TO_CHANGE_ON_RESUME and saved.get(k, absent) != given.get(k, absent)
-    ]
-
-
 def _checkpoint_config(path: Path) -> Optional[dict]:
     """The run config stored in a checkpoint, read without loading its tensors (memory-mapped)."""
     try:
@@ -186,13 +176,13 @@ def plan_runs(base: RunConfig, strategies: Sequence[str], seeds: Sequence[int],
                     saved = json.loads(results.read_text()).get("config")
                 except (OSError, ValueError):
                     saved = None
-                diff = _settings_diff(saved, cfg) if isinstance(saved, dict) else ["no readable settings"]
+                diff = settings_diff(saved, cfg) if isinstance(saved, dict) else ["no readable settings"]
                 if diff:
                     conflicts.append(f"{out} ({'; '.join(diff)})")
                 state = "finished"
             elif ckpt.is_file():
                 saved = _checkpoint_config(ckpt)
-                diff = _settings_diff(saved, cfg) if isinstance(saved, dict) else ["no recorded settings"]
+                diff = settings_diff(saved, cfg) if isinstance(saved, dict) else ["no recorded settings"]
                 if diff:
                     conflicts.append(f"{out} ({'; '.join(diff)})")
                 state = "partial"

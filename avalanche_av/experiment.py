@@ -26,7 +26,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ from .benchmarks.real import REAL_BENCHMARKS
 __all__ = [
     "RunConfig",
     "SAFE_TO_CHANGE_ON_RESUME",
+    "settings_diff",
     "BENCHMARKS",
     "run_experiment",
     "results_table",
@@ -58,6 +59,10 @@ SAFE_TO_CHANGE_ON_RESUME = (
     # A permission to read cache files outside the data root, not a setting of the experiment.
     "allow_outside_root",
 )
+
+#: What a setting missing from an older run's stored config stands for: the behaviour before the
+#: setting existed. Such a checkpoint still resumes, and ``compare`` still reads its run back.
+ABSENT_MEANS: dict = {"synthetic_options": {}}
 
 _AMP_CHOICES = ("auto", "bf16", "fp16", "off", None)
 
@@ -101,6 +106,12 @@ class RunConfig:
     tensorboard: bool = False
     progress: bool = True
     strategy_options: dict = field(default_factory=dict)
+    #: ``benchmark="synthetic"`` only: fields of
+    #: :class:`~avalanche_av.benchmarks.synthetic.SoundingObjectsConfig` to override, e.g.
+    #: ``{"image_size": 128, "object_cells": 2}`` for base-like shapes (``--synthetic KEY=VALUE``).
+    #: The model preset adapts to the new input shapes. The stream's size fields have flags of
+    #: their own (``--n-tasks`` ...) and are refused here.
+    synthetic_options: dict = field(default_factory=dict)
     #: Evidence recorded beside retrieval: per-step training diagnostics (AVM accuracy, excluded
     #: fraction, memory fill, training-clip localization) and, where the benchmark has ground
     #: truth, localization after each task with attention maps of tracked clips.
@@ -141,6 +152,8 @@ class RunConfig:
             raise ValueError(f"ks must be positive integers, got {self.ks!r}")
         if self.benchmark not in BENCHMARKS:
             raise ValueError(f"unknown benchmark {self.benchmark!r}; allowed: {list(BENCHMARKS)}")
+        if self.synthetic_options:
+            _check_synthetic_options(self)
         if self.benchmark != "synthetic" and not self.data_root:
             raise ValueError(f"--benchmark {self.benchmark} needs --data-root PATH (the local dataset copy)")
         get_config(self.model)  # ValueError naming the valid presets
@@ -164,6 +177,35 @@ def _check_strategy(name: str, cfg: RunConfig) -> None:
         raise ValueError(f"strategy {name!r}: {exc}") from exc
     finally:
         set_rng_state(rng)
+
+
+#: ``SoundingObjectsConfig`` fields that ``RunConfig`` sets itself (flag in the message).
+_SYNTHETIC_OWNED = {"seed": "--seed", "n_tasks": "--n-tasks", "classes_per_task": "--classes-per-task",
+                    "train_clips_per_class": "--train-clips-per-class",
+                    "eval_clips_per_class": "--eval-clips-per-class"}
+
+
+def _check_synthetic_options(cfg: "RunConfig") -> None:
+    """``ValueError`` naming ``--synthetic`` for overrides that do not fit the synthetic stream."""
+    import dataclasses as dc  # noqa: PLC0415
+
+    from .benchmarks.synthetic import SoundingObjectsConfig  # noqa: PLC0415
+
+    opts = cfg.synthetic_options
+    if cfg.benchmark != "synthetic":
+        raise ValueError(f"--synthetic applies to --benchmark synthetic only, not {cfg.benchmark!r}")
+    if not isinstance(opts, dict):
+        raise ValueError(f"--synthetic: expected KEY=VALUE settings, got {opts!r}")
+    valid = [f.name for f in dc.fields(SoundingObjectsConfig) if f.name not in _SYNTHETIC_OWNED]
+    for key in opts:
+        if key in _SYNTHETIC_OWNED:
+            raise ValueError(f"--synthetic {key}=...: use {_SYNTHETIC_OWNED[key]} instead")
+        if key not in valid:
+            raise ValueError(f"--synthetic: unknown setting {key!r}; valid: {', '.join(valid)}")
+    try:
+        SoundingObjectsConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in opts.items()})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--synthetic: {e}") from None
 
 
 def check_device(device: Optional[str]) -> None:
@@ -202,6 +244,22 @@ def check_output_dir(path: "str | os.PathLike[str]", flag: str) -> None:
             break
 
 
+def settings_diff(saved: Mapping[str, Any], cfg: RunConfig) -> list[str]:
+    """``name: saved → given`` for every setting that differs between a stored run config and
+    ``cfg``, leaving out :data:`SAFE_TO_CHANGE_ON_RESUME`; a setting the stored config lacks
+    counts as its :data:`ABSENT_MEANS` value (``<not set>`` if it has none)."""
+    given = cfg.to_json()
+    absent = "<not set>"
+    diffs = []
+    for k in sorted(set(saved) | set(given)):
+        if k in SAFE_TO_CHANGE_ON_RESUME:
+            continue
+        old, new = saved.get(k, ABSENT_MEANS.get(k, absent)), given.get(k, absent)
+        if old != new:
+            diffs.append(f"{k}: {old!r} → {new!r}")
+    return diffs
+
+
 def check_resume_config(saved: Optional[dict], cfg: RunConfig, where: "str | os.PathLike[str]") -> None:
     """Refuse to resume from a checkpoint whose run config differs in a setting that matters.
 
@@ -217,13 +275,7 @@ def check_resume_config(saved: Optional[dict], cfg: RunConfig, where: "str | os.
     if not isinstance(saved, dict):
         raise ValueError(f"--resume: {where} does not record the settings it was made with (an older version "
                          f"wrote it), so it cannot be checked; start a fresh run in a new --out folder")
-    given = cfg.to_json()
-    absent = "<not set>"
-    diffs = [
-        f"{k}: {saved.get(k, absent)!r} → {given.get(k, absent)!r}"
-        for k in sorted(set(saved) | set(given))
-        if k not in SAFE_TO_CHANGE_ON_RESUME and saved.get(k, absent) != given.get(k, absent)
-    ]
+    diffs = settings_diff(saved, cfg)
     if diffs:
         raise ValueError(
             f"--resume: {where} was made with other settings ({'; '.join(diffs)}); rerun with the saved "
@@ -258,6 +310,8 @@ def build_benchmark(cfg: RunConfig) -> AVBenchmark:
             classes_per_task=cfg.classes_per_task,
             train_clips_per_class=cfg.train_clips_per_class,
             eval_clips_per_class=cfg.eval_clips_per_class,
+            # JSON (a stored config) turns tuples into lists; the config wants tuples back.
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.synthetic_options.items()},
         )
     if cfg.benchmark.startswith("continual-"):  # real_benchmark names the valid ones if unknown
         from .benchmarks.real import real_benchmark  # noqa: PLC0415

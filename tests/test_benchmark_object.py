@@ -107,3 +107,29 @@ def test_validation_split_is_carved_from_training_clips_and_never_touches_retrie
         sounding_objects(validation_clips_per_class=8, **kw)
     with pytest.raises(ValueError, match="no validation split"):
         plain.validation_stream
+
+
+def test_synthetic_options_reach_the_stream_and_the_model():
+    """``RunConfig.synthetic_options`` (``--synthetic``) reshapes the stream, the model preset
+    follows, and a run stored before the setting existed still counts as the plain stream."""
+    from avalanche_av.experiment import RunConfig, _model_for, build_benchmark, settings_diff
+
+    cfg = RunConfig(n_tasks=1, classes_per_task=2, train_clips_per_class=4, eval_clips_per_class=2,
+                    synthetic_options={"image_size": 128, "object_cells": 2, "size_range": [0.6, 1.0]})
+    cfg.validate()
+    bench = build_benchmark(cfg)
+    assert (bench.config.image_size, bench.config.object_cells, bench.config.size_range) == (128, 2, (0.6, 1.0))
+    video = bench.train_stream[0].dataset[0][1]
+    assert tuple(video.shape[-2:]) == (128, 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "preset adapted to the benchmark's input shapes"
+        model = _model_for(cfg, bench)
+    assert model.config.image_size == 128
+    # ground truth per frame on the (128 / 16)^2 patch grid
+    assert tuple(bench.sounding_masks.shape[1:]) == (4, 8, 8)
+
+    old = RunConfig().to_json()
+    del old["synthetic_options"]  # a checkpoint written before the setting existed
+    assert settings_diff(old, RunConfig()) == []
+    assert ("synthetic_options: {} → {'image_size': 128, 'object_cells': 2, 'size_range': [0.6, 1.0]}"
+            in settings_diff(old, cfg))

@@ -116,6 +116,7 @@ def test_results_count_missing_bad_and_replaced_clips(tmp_path, capsys):
         ("er_run", ["--strategy", "er", "--n-tasks", "3"], "n_tasks: 2 → 3"),
         ("er_run", ["--strategy", "er", "--epochs", "2"], "epochs: 1 → 2"),
         ("stella_run", ["--strategy", "stella", "--option", "rho_v=0.75"], "strategy_options: {} → {'rho_v': 0.75}"),
+        ("er_run", ["--strategy", "er", "--synthetic", "image_size=128"], "synthetic_options: {} → {'image_size': 128}"),
     ],
 )
 def test_resume_refuses_a_changed_experiment(fixture, argv, named, request, tmp_path, capsys, monkeypatch):
@@ -212,6 +213,12 @@ def test_interrupted_and_resumed_run_keeps_every_csv_row(tmp_path, monkeypatch, 
         (["run", "--device", "tpu"], "--device 'tpu'"),
         (["run", "--benchmark", "continual-vs"], "needs --data-root"),
         (["run", "--benchmark", "nope"], "unknown benchmark 'nope'"),
+        (["run", "--synthetic", "image_sise=128"], "--synthetic: unknown setting 'image_sise'; valid: "),
+        (["run", "--synthetic", "n_tasks=3"], "--synthetic n_tasks=...: use --n-tasks instead"),
+        (["run", "--synthetic", "image_size=100"], "--synthetic: "),  # not a multiple of the patch size
+        (["run", "--synthetic", "noequals"], "--synthetic expects KEY=VALUE"),
+        (["run", "--benchmark", "continual-vs", "--data-root", "/nonexistent", "--synthetic", "image_size=128"],
+         "--synthetic applies to --benchmark synthetic only"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, capsys, monkeypatch):
