@@ -82,13 +82,24 @@ def test_resume_skips_finished_experiences(er_run, tmp_path, capsys):
 
 
 def test_results_count_missing_bad_and_replaced_clips(tmp_path, capsys):
-    """A real-layout dataset with 2 missing files and 3 broken clips (corrupt, silent, too
-    short): the run finishes and results.json counts each, by category."""
+    """A real-layout dataset with 2 missing files, 3 broken clips (corrupt, silent, too short)
+    and one good clip whose audio is 8-channel 48 kHz AAC (which used to kill the run with
+    SIGSEGV): the run finishes, results.json counts each broken clip by category, and the
+    8-channel clip is not among them (it decodes)."""
     import warnings
 
-    from avalanche_av.benchmarks.real import make_fake_vggsound
+    import numpy as np
+
+    from avalanche_av.benchmarks.io import write_av_clip
+    from avalanche_av.benchmarks.real import fake_clip_content, make_fake_vggsound, vggsound_clip_name
 
     info = make_fake_vggsound(tmp_path / "vs", n_tasks=1, classes_per_task=2)
+    stems = [vggsound_clip_name(r["youtube_id"], r["start_seconds"]) for r in info.rows if r["split"] == "train"]
+    stem = next(x for x in stems if x in info.clips and x not in info.bad)
+    frames, _ = fake_clip_content(1, 2.0, 4.0, 32)
+    t = np.arange(2 * 48000) / 48000
+    audio = np.stack([0.03 * (k + 1) * np.sin(2 * np.pi * (150 + 40 * k) * t) for k in range(8)]).astype(np.float32)
+    write_av_clip(info.clips[stem], frames, 4.0, audio, 48000)
     out = tmp_path / "run"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the skipped clips are announced

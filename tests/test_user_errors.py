@@ -29,6 +29,36 @@ def test_checkpoint_of_another_model_is_a_value_error(tmp_path):
     assert "\n" not in str(info.value)
 
 
+class _RunsCodeWhenUnpickled:
+    """A pickle payload that would create a folder if its code ran on load."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_pickled_code_is_refused_by_every_loader_and_never_runs(tmp_path):
+    """Run checkpoints, ``--resume`` state and model weights all load with weights_only=True:
+    a file carrying pickled code is refused with a ValueError naming the file, and the code
+    does not run."""
+    from avalanche_av.models import create_model
+    from avalanche_av.models.weights import load_weights
+    from avalanche_av.training.checkpoint import read_checkpoint
+
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": "avalanche-av-checkpoint/1", "model": _RunsCodeWhenUnpickled(str(marker))}, evil)
+    for load in (lambda: read_checkpoint(evil), lambda: load_checkpoint(evil, make_strategy()),
+                 lambda: load_weights(create_model("tiny"), evil)):
+        with pytest.raises(ValueError, match=r"evil\.pt.*weights_only"):
+            load()
+    assert not marker.exists()
+
+
 def test_plugin_state_that_does_not_fit_is_a_value_error(tmp_path):
     er = make_strategy(make_plugins("er", mem_size=4, batch_size=4), mb=4)
     save_checkpoint(tmp_path / "ck.pt", er)
