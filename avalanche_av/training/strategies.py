@@ -15,12 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
 from avalanche.core import BasePlugin
-from avalanche.training.plugins import ReplayPlugin
-from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
 from .plugins import DERPlugin, GMEDPlugin, MIRPlugin, OnlineReplayPlugin, StellaPlugin, check_mem_size
 from .plugins import CLSERPlugin, ESMERPlugin, LUMPPlugin
 from .joint import CumulativePlugin, MultitaskPlugin
+from .plugins import ResumableReplayPlugin, ResumableReservoirSamplingBuffer
 from .plugins import (SSLAGEMPlugin, SSLEWCPlugin, SSLFeatureDistillationPlugin, SSLLFLPlugin, SSLLwFPlugin,
                       SSLMASPlugin, SSLRWalkPlugin, SSLSynapticIntelligencePlugin)
 
@@ -157,11 +156,12 @@ def make_plugins(name: str, *, mem_size: int, batch_size: int, **options) -> Lis
 
 
 def _er_exp(mem_size: int, batch_size: int) -> List[BasePlugin]:
+    # Avalanche's ReplayPlugin and reservoir, with a checkpoint state (resume keeps the memory).
     return [
-        ReplayPlugin(
+        ResumableReplayPlugin(
             mem_size=mem_size,
             batch_size_mem=batch_size,
-            storage_policy=ReservoirSamplingBuffer(max_size=mem_size),
+            storage_policy=ResumableReservoirSamplingBuffer(max_size=mem_size),
         )
     ]
 
@@ -212,7 +212,7 @@ for _spec_ in (
                  description="Avalanche's Cumulative: each task trains on the union of all tasks so far"),
     StrategySpec("multitask", MultitaskPlugin, uses_memory=False,
                  description="joint training once on the union of all tasks (upper bound; F is 0 by construction)"),
-    StrategySpec("er_exp", ReplayPlugin, build=_er_exp,
-                 description="Avalanche's own ReplayPlugin + ReservoirSamplingBuffer (per-experience memory)"),
+    StrategySpec("er_exp", ResumableReplayPlugin, build=_er_exp,
+                 description="Avalanche's own ReplayPlugin + ReservoirSamplingBuffer (per-experience memory; resumable)"),
 ):
     register_strategy(_spec_)

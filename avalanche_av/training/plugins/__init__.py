@@ -13,6 +13,7 @@ from .clser import CLSERPlugin
 from .esmer import ESMERPlugin
 from .lump import LUMPPlugin
 from .agem import SSLAGEMPlugin
+from .experience_replay import ResumableReplayPlugin, ResumableReservoirSamplingBuffer
 from .distillation import SSLFeatureDistillationPlugin, SSLLFLPlugin, SSLLwFPlugin
 from .regularization import SSLMASPlugin, SSLRWalkPlugin, SSLSynapticIntelligencePlugin
 
@@ -20,6 +21,8 @@ __all__ = [
     "OnlineMemoryPlugin",
     "check_mem_size",
     "SSLEWCPlugin",
+    "ResumableReplayPlugin",
+    "ResumableReservoirSamplingBuffer",
     "OnlineReplayPlugin",
     "ERPlugin",
     "DERPlugin",
