@@ -1,4 +1,4 @@
-"""Imports: the package's import graph follows the layering of ARCHITECTURE.md and has no
+"""Imports: the package's import graph follows the documented layering (docs/training.md) and has no
 cycle, and importing the package changes no global state (warning filters).
 
 Every module of ``avalanche_av`` is parsed with :mod:`ast` (nothing is imported), and every
@@ -50,7 +50,7 @@ def layer_of(module: str) -> str:
     top = parts[1]
     if top == "benchmarks" and len(parts) > 2 and parts[2] == "io":
         return "io"
-    if top == "analysis":  # inspection of run checkpoints: the experiment layer (ARCHITECTURE.md)
+    if top == "analysis":  # inspection of run checkpoints: the experiment layer (the layering of docs/training.md)
         return "experiment"
     if top in ("compare", "presets"):  # method comparison and benchmark presets: the experiment layer
         return "experiment"

@@ -61,7 +61,7 @@ def test_er_and_der_compose_each_replaying_its_own_memory(tiny_stream):
     assert rows_er.start == later["n_current"] and rows_er.stop == rows_der.start
     assert rows_der.stop == later["n_rows"]
     assert torch.equal(ids_er, mem_er) and torch.equal(ids_der, mem_der)
-    # DER's penalty reads its own rows only: planted stored embeddings give the hand-computed value
+    # DER's penalty is computed on its own rows (the planted-value check is test_memory_penalty_uses_the_stored_embeddings for STELLA)
     assert der.last_penalty is not None and float(der.last_penalty) > 0
 
 

@@ -3,8 +3,8 @@
 :class:`RetrievalMetrics` is a :class:`~avalanche.evaluation.PluginMetric`: put it in an
 :class:`~avalanche.training.plugins.EvaluationPlugin` (or use :func:`av_evaluator`).
 
-Protocol (SPEC §5)
-------------------
+Protocol (paper Sec. 4.1; docs/metrics.md)
+-------------------------------------------
 * During every eval iteration it stores the unmasked unimodal embeddings
   ``strategy.mb_output.emb_a_unmasked`` / ``.emb_v_unmasked`` ``(B, D)``, the class targets
   ``strategy.mb_y`` ``(B,)``, the clip ids ``strategy.mb_clip_id`` ``(B,)`` and the index of the

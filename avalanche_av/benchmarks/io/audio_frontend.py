@@ -1,7 +1,7 @@
 """The CAV-MAE audio front end: waveform -> normalised Kaldi fbank.
 
 Kept identical to CAV-MAE's preprocessing so that released weights stay usable
-(SPEC §2): 16 kHz mono, mean removal, ``torchaudio.compliance.kaldi.fbank`` with
+(docs/datasets.md): 16 kHz mono, mean removal, ``torchaudio.compliance.kaldi.fbank`` with
 ``htk_compat=True, use_energy=False, window_type='hanning', dither=0,
 frame_shift=10``, pad/crop to ``target_length`` frames, then
 ``(x - FBANK_MEAN) / FBANK_STD``.

@@ -1,4 +1,4 @@
-"""Continual-VS (VGGSound) and Continual-AS (AudioSet) as Avalanche benchmarks (SPEC §6).
+"""Continual-VS (VGGSound) and Continual-AS (AudioSet) as Avalanche benchmarks (paper Sec. 4.1 and Appendix; docs/datasets.md).
 
 Both generators read a local copy of the dataset (nothing is downloaded), apply the shipped
 task definition (:mod:`.tasks`) and return a

@@ -1,4 +1,4 @@
-"""The built-in synthetic audio-video stream ("sounding objects", SPEC §7).
+"""The built-in synthetic audio-video stream ("sounding objects", docs/synthetic.md).
 
 ``sounding_objects(...)`` returns an Avalanche benchmark of procedurally generated clips:
 a few frames with several shapes on a noisy background, exactly one of which is the sound
