@@ -144,6 +144,24 @@ def test_clser_evaluates_with_the_stable_model_and_restores_live_weights(tiny_st
     assert not plugin.stable.swapped_in
 
 
+def test_esmer_evaluates_with_the_semantic_memory_and_restores_live_weights(tiny_stream):
+    plugin = ESMERPlugin(mem_size=8, seed=0, ema_rate=1.0)  # an EMA update on every step
+    strategy = make_strategy([plugin], mb=4)
+    strategy.train(tiny_stream.train_stream[0])
+    live = {k: v.clone() for k, v in strategy.model.state_dict().items()}
+    ema = plugin.ema.model.state_dict()
+    assert plugin.ema.updates >= 1
+    assert any(not torch.equal(live[k], ema[k]) for k in live)  # the check below can fail
+    during = []
+    strategy.plugins.append(_Hook("before_eval_iteration", lambda s: during.append(
+        all(torch.equal(v, ema[k]) for k, v in s.model.state_dict().items()))))
+    strategy.eval(tiny_stream.test_stream[:1])
+    assert during and all(during)
+    after = strategy.model.state_dict()
+    assert all(torch.equal(after[k], live[k]) for k in live)  # bit for bit
+    assert not plugin.ema.swapped_in
+
+
 # ---------------------------------------------------------------------------- LUMP
 def test_lump_mixes_both_modalities_with_one_lambda(tiny_stream):
     plugin = LUMPPlugin(mem_size=8, alpha=0.4, seed=1)
