@@ -17,7 +17,14 @@ memory-size figure. Steps (``--steps`` picks a subset):
   uniform importance at the start of each task until the AVM matches again;
 * ``stella_pp``: STELLA++ (paper Table 2): the largest STELLA+ batch whose saved activations
   fit DER++'s at the default batch (``gpu_check.stella_pp`` on the CPU, tiny model, explicit
-  attention), then STELLA+ trained at that batch over ``--seeds``.
+  attention), then STELLA+ trained at that batch over ``--seeds``;
+* ``avalanche``: Avalanche's label-free built-ins and the joint references (:data:`AVALANCHE`)
+  at the same budget, in their own folder, so that Table 1's runs are not needed again;
+* ``chunks``: paper Fig. 9, STELLA's audio chunk size ``L_c`` at ``--chunk-sizes`` (the default
+  4 is Table 1's STELLA). Draws ``chunk_size.png``;
+* ``shapes``: DER++ and STELLA on the base-like synthetic stream (:data:`BASE_LIKE`: 128² frames,
+  objects of 2 x 2 patch cells, 64 patches per frame as in the paper's 224² / 16² setting), to
+  see whether the verdict holds where ``rho`` keeps as many patches as in the paper.
 
 Outputs go to ``--out`` (one folder per step, each with its ``compare.md`` / ``compare.json`` /
 PNGs) and ``--out/REPORT.md`` links them all. Every run is resumable: rerunning the command
@@ -27,7 +34,8 @@ Budgets. The full variant uses the main job's settings (``avalanche-av run`` def
 x 4 classes x 128 clips, batch 16, warm-up + cosine, memory 64) with 10 epochs per task instead
 of 15 (:data:`TABLE_BUDGET`), and 3 seeds: about 3 CPU-minutes per run with one thread. On
 2 cores with ``--jobs 2``, ``table1,table3,stella_pp,memory`` (``--memory-seeds 0``) took
-94.7 min and ``remedy`` 17 min more (2026-12-01, RESULTS.md section 10). ``--quick`` is a
+94.7 min and ``remedy`` 17 min more (2026-12-01, RESULTS.md section 10); for the later steps'
+timings see RESULTS.md section 10. ``--quick`` is a
 smoke-sized stream (2 tasks x 2 classes x 16 clips, 2 epochs, 1 seed) that checks the whole
 pipeline: 2 min 50 s on 2 idle cores. Its numbers are not results.
 
@@ -64,6 +72,12 @@ TABLE3 = ["stella-random", "stella-mats", "stella-lpis", "stella-rca", "stella",
 AVM_GATE = 0.6
 #: Paper Fig. 5 methods.
 MEMORY_METHODS = ["er", "der++", "stella"]
+#: Paper Fig. 9: audio chunk sizes besides the default 4 (which Table 1 already ran).
+CHUNK_SIZES = [1, 2, 8]
+DEFAULT_CHUNK = 4
+#: The base-like synthetic stream (docs/synthetic.md, ``--synthetic``) and the methods run on it.
+BASE_LIKE = ["--synthetic", "image_size=128", "--synthetic", "object_cells=2"]
+SHAPE_METHODS = ["der++", "stella"]
 #: The tables' budget: the main job's settings with 10 epochs instead of 15 (CPU time; the
 #: 10-epoch schedule reached 5.2x chance on the validation split, benchmarks_av/tune_main_job.py).
 TABLE_BUDGET = ["--epochs", "10"]
@@ -179,6 +193,15 @@ def _table_step(runner: Runner, name: str, methods: Sequence[str], seeds: str, r
 
 def memory_figure(points: Dict[int, Path], methods: Sequence[str], path: Path) -> Optional[Path]:
     """A and F (mean over R@K and both directions, mean ± std over seeds) against memory size."""
+    return sweep_figure(points, methods, path, xlabel="memory size (clips)", what="memory size",
+                        suptitle="Paper Fig. 5 in miniature: mean over seeds; error bars = std where more "
+                                 "than one seed ran")
+
+
+def sweep_figure(points: Dict[int, Path], methods: Sequence[str], path: Path, *, xlabel: str, what: str,
+                 suptitle: str) -> Optional[Path]:
+    """A and F (mean over R@K and both directions, mean ± std over seeds) against one setting;
+    ``points`` maps the setting's value to the ``compare.json`` of the runs made with it."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -213,12 +236,12 @@ def memory_figure(points: Dict[int, Path], methods: Sequence[str], path: Path) -
         ax.set_xscale("log", base=2)
         ax.set_xticks(sizes)
         ax.set_xticklabels([str(x) for x in sizes])
-        ax.set_xlabel("memory size (clips)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{which}{'↑' if which == 'A' else '↓'} (%), mean of R@1/5/10, a2v and v2a")
-        ax.set_title(f"{'Average retrieval' if which == 'A' else 'Forgetting'} vs memory size")
+        ax.set_title(f"{'Average retrieval' if which == 'A' else 'Forgetting'} vs {what}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=9)
-    fig.suptitle("Paper Fig. 5 in miniature: mean over seeds; error bars = std where more than one seed ran")
+    fig.suptitle(suptitle)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     return path
@@ -301,8 +324,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--seeds", default=None, help="default 0,1,2 (quick: 0)")
     ap.add_argument("--jobs", type=int, default=2, help="concurrent runs, each with --threads threads")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", default="main,table1,table3,memory,remedy,stella_pp",
-                    help="comma-separated subset of main,table1,table3,memory,remedy,stella_pp")
+    ap.add_argument("--steps", default="main,table1,table3,memory,remedy,stella_pp,avalanche,chunks,shapes",
+                    help="comma-separated subset of main,table1,table3,memory,remedy,stella_pp,avalanche,"
+                         "chunks,shapes")
+    ap.add_argument("--chunk-sizes", default=",".join(map(str, CHUNK_SIZES)),
+                    help=f"audio chunk sizes besides the default {DEFAULT_CHUNK} (Fig. 9)")
     ap.add_argument("--avalanche", action="store_true", help="add Avalanche's built-ins to Table 1")
     ap.add_argument("--mem-sizes", default="32,128", help="memory sizes besides the default (Fig. 5)")
     ap.add_argument("--memory-seeds", default=None, help="seeds of the extra memory sizes (default: --seeds)")
@@ -318,6 +344,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.time()
     report = {"started": datetime.now(timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv,
               "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "steps": steps, "seeds": seeds}
+    # A later invocation with other --steps must not erase what an earlier one recorded.
+    previous = json.loads((out / "reproduce.json").read_text()) if (out / "reproduce.json").exists() else {}
+    report["earlier"] = previous.pop("earlier", []) + ([previous] if previous else [])
 
     if "main" in steps:  # alone and with every core: its wall time is a recorded figure
         main_out = out / "main_job"
@@ -331,6 +360,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     budget = extra if a.quick else TABLE_BUDGET
     default_mem = 16 if a.quick else 64
     sizes = [8, 32] if a.quick else [int(x) for x in a.mem_sizes.split(",") if x.strip()]
+    chunks = [int(x) for x in a.chunk_sizes.split(",") if x.strip()]
     mem_seeds = a.memory_seeds or seeds
     # One queue for every training job, so that no worker idles at a step boundary; the merges
     # (read-back only) come after.
@@ -360,6 +390,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for size in sizes:
             for m in MEMORY_METHODS:
                 add(f"memory{size}", m, out / f"runs_mem{size}", _with(budget, "--mem-size", size), mem_seeds)
+    for m in (SHAPE_METHODS if "shapes" in steps else []):  # the longest runs first
+        add("shapes", m, out / "runs_shape128", [*budget, *BASE_LIKE])
+    for m in (AVALANCHE if "avalanche" in steps else []):
+        add("avalanche", m, out / "runs_avalanche", budget)
+    for c in (chunks if "chunks" in steps else []):
+        add(f"chunk{c}", "stella", out / f"runs_chunk{c}", [*budget, "--option", f"chunk_size={c}"])
     runner.run_all(jobs)
 
     runner.jobs, n_jobs = 1, runner.jobs
@@ -388,10 +424,33 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _collect(out / "runs_avm_gate", out / "remedy")
     if "stella_pp" in steps:
         _collect(out / "runs_stella_pp", out / "stella_pp")
+    if "avalanche" in steps:
+        runner.run_all([("avalanche-merge", _compare(AVALANCHE, seeds, out / "runs_avalanche", budget))])
+        _collect(out / "runs_avalanche", out / "avalanche")
+    if "chunks" in steps:
+        points = {DEFAULT_CHUNK: out / "table1" / "compare.json"}
+        for c in chunks:
+            runner.run_all([(f"chunk{c}-merge", _compare(["stella"], seeds, out / f"runs_chunk{c}",
+                                                         [*budget, "--option", f"chunk_size={c}"]))])
+            _collect(out / f"runs_chunk{c}", out / f"chunk{c}")
+            points[c] = out / f"chunk{c}" / "compare.json"
+        fig = sweep_figure({k: v for k, v in points.items() if v.exists()}, ["stella"], out / "chunk_size.png",
+                           xlabel="audio chunk size L_c (time frames)", what="audio chunk size",
+                           suptitle="Paper Fig. 9 in miniature: STELLA, mean ± std over seeds")
+        report["chunk_figure"] = str(fig) if fig else None
+    if "shapes" in steps:
+        runner.run_all([("shapes-merge", _compare(SHAPE_METHODS, seeds, out / "runs_shape128",
+                                                  [*budget, *BASE_LIKE]))])
+        _collect(out / "runs_shape128", out / "shape128")
     runner.jobs = n_jobs
+    pp_file = out / "stella_pp_batch.json"
+    pp_batch = report.get("stella_pp_batch") or (json.loads(pp_file.read_text()).get("stella_pp_batch")
+                                                 if pp_file.exists() else None)
     fig = tradeoff_figure({"table1": out / "table1" / "compare.json", "table3": out / "table3" / "compare.json",
                            f"AVM gate {AVM_GATE}": out / "remedy" / "compare.json",
-                           f"STELLA++, batch {report.get('stella_pp_batch')}": out / "stella_pp" / "compare.json"},
+                           f"STELLA++, batch {pp_batch}": out / "stella_pp" / "compare.json",
+                           "avalanche": out / "avalanche" / "compare.json",
+                           **{f"chunk {c}": out / f"chunk{c}" / "compare.json" for c in CHUNK_SIZES}},
                           out / "tradeoff.png")
     report["tradeoff_figure"] = str(fig) if fig else None
 
@@ -420,16 +479,24 @@ def _write_report(out: Path, report: dict) -> None:
             lines += ["```", pd.read_csv(csv).to_string(index=False, float_format=lambda x: f"{x:.3f}"), "```", ""]
     for name, title in (("table1", "Table 1"), ("table3", "Table 3 / Fig. 9 (ablations)"),
                         ("remedy", "STELLA with the AVM gate"),
-                        ("memory_default", "Fig. 5 (default memory)"), ("stella_pp", "Table 2: STELLA++")):
+                        ("memory_default", "Fig. 5 (default memory)"), ("stella_pp", "Table 2: STELLA++"),
+                        ("avalanche", "Avalanche's built-ins and joint references"),
+                        *[(f"chunk{c}", f"Fig. 9: audio chunk size {c}") for c in CHUNK_SIZES],
+                        ("shape128", "Base-like shapes: 128² frames, 64 patches per frame")):
         md = out / name / "compare.md"
         if md.exists():
             lines += [f"## {title}", "", md.read_text().replace("# Comparison", "### Comparison"), ""]
     if report.get("tradeoff_figure"):
         lines += ["## A against F", "", "![A against F](tradeoff.png)", ""]
-    if report.get("memory_figure"):
+    if report.get("memory_figure") or (out / "memory_size.png").exists():
         lines += ["## Fig. 5", "", "![memory size](memory_size.png)", ""]
-    lines += ["## Commands", ""] + [f"- `{c['command']}` ({c['seconds']:.0f} s, rc {c['rc']})"
-                                     for c in report["commands"]]
+    if report.get("chunk_figure") or (out / "chunk_size.png").exists():
+        lines += ["## Fig. 9", "", "![chunk size](chunk_size.png)", ""]
+    for inv in [*report.get("earlier", []), report]:
+        lines += [f"## Commands of the invocation started {inv.get('started')} "
+                  f"({inv.get('seconds', 0) / 60:.1f} min, steps {','.join(inv.get('steps', []))})", ""]
+        lines += [f"- `{c['command']}` ({c['seconds']:.0f} s, rc {c['rc']})" for c in inv.get("commands", [])]
+        lines += [""]
     (out / "REPORT.md").write_text("\n".join(lines) + "\n")
 
 

@@ -1,0 +1,57 @@
+"""``benchmarks_av/reproduce.py``'s own logic on planted compare reports (its runs are the
+package's CLI, tested elsewhere): the sweep figure, the A-F figure and the report that keeps
+earlier invocations."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce_script", ROOT / "benchmarks_av" / "reproduce.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _compare_json(path: Path, per_seed: dict) -> Path:
+    """``per_seed``: method -> list of (A, F), one per seed; every R@K cell gets that value."""
+    runs = {m: {str(i): {"metrics": {d: {c: {"A": a, "F": f} for c in ("R@1", "R@5", "R@10")}
+                                     for d in ("a2v", "v2a")}}
+                    for i, (a, f) in enumerate(vals)} for m, vals in per_seed.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"strategies": list(per_seed), "runs": runs}))
+    return path
+
+
+def test_with_replaces_or_appends_a_flag(reproduce):
+    assert reproduce._with(["--epochs", "10"], "--epochs", 3) == ["--epochs", "3"]
+    assert reproduce._with(["--epochs", "10"], "--mem-size", 8) == ["--epochs", "10", "--mem-size", "8"]
+
+
+def test_sweep_and_tradeoff_figures_from_planted_reports(reproduce, tmp_path):
+    points = {c: _compare_json(tmp_path / f"c{c}.json", {"stella": [(c, 1.0), (c + 2, 3.0)]}) for c in (1, 2, 4)}
+    png = reproduce.sweep_figure(points, ["stella"], tmp_path / "sweep.png", xlabel="L_c", what="chunk size",
+                                 suptitle="planted")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The A-F figure draws one point per distinct set of runs: a step that repeats another's runs is
+    # drawn once, and fewer than two points draw nothing.
+    a = _compare_json(tmp_path / "a.json", {"x": [(1.0, 1.0), (3.0, 3.0)], "y": [(5.0, 4.0), (7.0, 6.0)]})
+    same = _compare_json(tmp_path / "same.json", {"x": [(1.0, 1.0), (3.0, 3.0)]})
+    assert reproduce.tradeoff_figure({"table1": a, "again": same}, tmp_path / "t.png") is not None
+    assert reproduce.tradeoff_figure({"table1": same}, tmp_path / "none.png") is None
+
+
+def test_report_keeps_the_commands_of_earlier_invocations(reproduce, tmp_path):
+    first = {"started": "t1", "seconds": 60.0, "steps": ["table1"], "seeds": "0",
+             "machine": "m", "commands": [{"command": "compare --strategies er", "seconds": 30.0, "rc": 0}]}
+    second = {**first, "started": "t2", "steps": ["chunks"], "earlier": [first],
+              "commands": [{"command": "compare --strategies stella --option chunk_size=2", "seconds": 40.0, "rc": 0}]}
+    reproduce._write_report(tmp_path, second)
+    text = (tmp_path / "REPORT.md").read_text()
+    assert "compare --strategies er" in text and "chunk_size=2" in text
+    assert text.index("started t1") < text.index("started t2")
