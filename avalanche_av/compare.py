@@ -75,6 +75,12 @@ _FORMAT = "avalanche-av compare v1"
 
 
 # --------------------------------------------------------------------------- methods
+def _stream_options(cfg: dict) -> str:
+    """``", image_size=128, object_cells=2"`` for a synthetic stream with ``--synthetic`` overrides."""
+    opts = cfg.get("synthetic_options") or {}
+    return "".join(f", {k}={v}" for k, v in sorted(opts.items()))
+
+
 def trains_once(method: str) -> bool:
     """Whether ``method`` trains once on all tasks (its plugin's ``trains_once``): its F is not a
     measurement (the accuracy-matrix rows are identical by construction)."""
@@ -697,7 +703,7 @@ def write_reports(data: Mapping[str, Any], out_dir: "str | Path", heatmap_k: int
     cfg = data["base_config"]
     fig = plot_method_bars(
         methods, panels,
-        title=f"{cfg['benchmark']} ({cfg['model']}): A and F per method, mean ± std over "
+        title=f"{cfg['benchmark']}{_stream_options(cfg)} ({cfg['model']}): A and F per method, mean ± std over "
               f"{len(data['seeds'])} seed(s)",
         xlabel="retrieval score (%)",
     )
