@@ -65,6 +65,8 @@ TABLE1 = ["finetune", "er", "der++", "mir", "gmed", "cls-er", "lump", "esmer", "
 #: Avalanche's label-free built-ins and the joint references (docs/baselines_avalanche.md).
 AVALANCHE = ["er_exp", "agem", "ewc", "si", "mas", "rwalk", "lwf", "lfl", "feature-distillation",
              "cumulative", "multitask"]
+#: Reference points that train on past data again (left out of the A-F figure).
+REFERENCES = ("cumulative", "multitask")
 #: Paper Table 3 / Fig. 9: sampling and audio-selection ablations (STELLA with one part changed).
 TABLE3 = ["stella-random", "stella-mats", "stella-lpis", "stella-rca", "stella", "stella-audio-freq",
           "stella-audio-none"]
@@ -250,6 +252,7 @@ def sweep_figure(points: Dict[int, Path], methods: Sequence[str], path: Path, *,
 def tradeoff_figure(sources: Dict[str, Path], path: Path) -> Optional[Path]:
     """A against F for every method of every step, one point each (mean over R@K and both
     directions; error bars = std over seeds), with the least-squares line and Pearson's r.
+    The :data:`REFERENCES` are left out.
 
     ``sources`` maps a step name (added to the label for all but ``table1``) to its
     ``compare.json``; runs already drawn from an earlier step (equal per-seed A and F, as when a
@@ -266,6 +269,8 @@ def tradeoff_figure(sources: Dict[str, Path], path: Path) -> Optional[Path]:
             continue
         data = json.loads(src.read_text())
         for m in data["strategies"]:
+            if m in REFERENCES:  # they see past data: not on a continual method's trade-off
+                continue
             per_seed = {"A": [], "F": []}
             for rec in data["runs"].get(m, {}).values():
                 for which in per_seed:
@@ -435,7 +440,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _collect(out / f"runs_chunk{c}", out / f"chunk{c}")
             points[c] = out / f"chunk{c}" / "compare.json"
         fig = sweep_figure({k: v for k, v in points.items() if v.exists()}, ["stella"], out / "chunk_size.png",
-                           xlabel="audio chunk size L_c (time frames)", what="audio chunk size",
+                           xlabel="audio chunk size L_c (time patches per chunk)", what="audio chunk size",
                            suptitle="Paper Fig. 9 in miniature: STELLA, mean ± std over seeds")
         report["chunk_figure"] = str(fig) if fig else None
     if "shapes" in steps:
