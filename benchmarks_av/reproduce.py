@@ -34,10 +34,11 @@ Budgets. The full variant uses the main job's settings (``avalanche-av run`` def
 x 4 classes x 128 clips, batch 16, warm-up + cosine, memory 64) with 10 epochs per task instead
 of 15 (:data:`TABLE_BUDGET`), and 3 seeds: about 3 CPU-minutes per run with one thread. On
 2 cores with ``--jobs 2``, ``table1,table3,stella_pp,memory`` (``--memory-seeds 0``) took
-94.7 min and ``remedy`` 17 min more (2026-12-01, RESULTS.md section 10); for the later steps'
-timings see RESULTS.md section 10. ``--quick`` is a
-smoke-sized stream (2 tasks x 2 classes x 16 clips, 2 epochs, 1 seed) that checks the whole
-pipeline: 2 min 50 s on 2 idle cores. Its numbers are not results.
+94.7 min and ``remedy`` 17 min more (2026-12-01, RESULTS.md section 10); ``shapes,avalanche,chunks``
+took 141.8 min (2026-12-02, with the test suite sharing the cores for part of it). ``--quick`` is
+a smoke-sized stream (2 tasks x 2 classes x 16 clips, 2 epochs, 1 seed) that checks the whole
+pipeline, every step: 8 min 17 s on 2 idle cores (``time``, 2026-12-02). Its numbers are not
+results.
 
     python benchmarks_av/reproduce.py --quick --out /tmp/reproduce_quick
     python benchmarks_av/reproduce.py --jobs 2 --out benchmarks_av/results/reproduce
