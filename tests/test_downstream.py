@@ -168,6 +168,67 @@ def test_every_task_runs_and_writes_results(task, tmp_path):
         assert m["gallery"] == 16 and {"R@1 a2v", "zero_shot R@10 v2a"} <= set(m)
 
 
+def test_downstream_command_line(tmp_path, capsys):
+    """``avalanche-av downstream`` on a run checkpoint: the stream settings come from the run's
+    config, the summary is printed, results are written; a missing file is a one-line exit 2."""
+    from avalanche_av.cli import main
+
+    torch.manual_seed(4)
+    model = create_model("tiny")
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.parent.mkdir()
+    torch.save({"format": "avalanche-av-checkpoint/1", "model": model.state_dict(), "optimizer": {}, "extra": {},
+                "config": {"model": "tiny", "seed": 0, **SMALL}}, ckpt)
+    out = tmp_path / "ds"
+    assert main(["downstream", "--task", "classify", "--checkpoint", str(ckpt), "--features", "joint", "--epochs", "3",
+                 "--patience", "2", "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "== downstream classify on synthetic" in printed and "top1" in printed
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["backbone"]["format"] == "avalanche-av" and saved["backbone"]["preset"] == "tiny"
+    assert saved["backbone"]["fingerprint"] == state_fingerprint(model)
+    # 4 classes x 4 eval clips from the run's config, not the `run` defaults
+    assert saved["data"]["n_classes"] == 4 and saved["metrics"]["n_test"] == 16, saved["data"]
+    assert (out / "results.csv").is_file() and (out / "confusion_joint_linear.png").is_file()
+
+    assert main(["downstream", "--task", "event", "--checkpoint", str(tmp_path / "gone.pt"),
+                 "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "gone.pt" in err[0] and "does not exist" in err[0]
+
+
+@pytest.mark.slow
+def test_imagenet_mae_file_loads_as_a_base_backbone(tmp_path):
+    """A ViT-B/16 MAE file as the official release lays it out (``{"model": state_dict}``, 12
+    blocks of width 768, MAE decoder keys) becomes the ``base`` preset, blocks 0-9 copied into
+    both modality branches and 10-11 into the shared blocks, sized for the dataset's inputs."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(img_size=224, patch_size=16, embed_dim=768, depth=12, num_heads=12)
+    sd = vit.state_dict()
+    sd["mask_token"] = torch.randn(1, 1, 512)
+    sd["decoder_pred.weight"], sd["decoder_pred.bias"] = torch.randn(768, 512), torch.randn(768)
+    path = tmp_path / "mae_pretrain_vit_base.pth"
+    torch.save({"model": sd}, path)
+    del vit
+    data = synthetic_data(n_tasks=1, classes_per_task=2, train_clips_per_class=2, eval_clips_per_class=1,
+                          image_size=32, n_frames=2)
+    model, info = load_backbone(path, input_shapes=data.input_shapes)
+    assert (info.format, info.preset) == ("imagenet-mae", "base")
+    assert info.overrides["image_size"] == 32 and info.overrides["n_frames"] == 2
+    ms = model.state_dict()
+    assert torch.equal(ms["blocks_a.3.attn.qkv.weight"], sd["blocks.3.attn.qkv.weight"])
+    assert torch.equal(ms["blocks_v.9.mlp.fc1.weight"], sd["blocks.9.mlp.fc1.weight"])
+    assert torch.equal(ms["blocks_u.1.attn.proj.weight"], sd["blocks.11.attn.proj.weight"])
+    assert any("not in the checkpoint" in n for n in info.notes)  # modality embeddings etc. start fresh
+    # The same file named explicitly, and the features it gives have the base width.
+    _, info2 = load_backbone(f"imagenet-mae:{path}", input_shapes=data.input_shapes)
+    assert info2.fingerprint == info.fingerprint
+    feats = FeatureExtractor(model, batch_size=8, progress=False).get(data, ["joint"])
+    assert feats["joint"].shape[-1] == 2 * 768
+
+
 def test_config_errors_name_the_option():
     for kw, msg in (({"task": "depth"}, "unknown task"), ({"head": "svm"}, "--head"), ({"epochs": 0}, "--epochs"),
                     ({"features": "pixels"}, "--features"), ({"val_fraction": 1.5}, "--val-fraction")):
