@@ -12,11 +12,13 @@ from torch.utils.data import TensorDataset
 from avalanche_av.models import create_model
 from avalanche_av.training import (
     default_optimizer,
+    list_strategies,
     make_plugins,
     strategy_options,
     validate_strategy_options,
 )
 from avalanche_av.training.losses import embedding_penalty
+from avalanche_av.training.strategies import _spec
 from avalanche_av.training.plugins import (
     DERPlugin,
     OnlineMemoryPlugin,
@@ -74,6 +76,8 @@ def test_stella_refuses_another_online_memory(tiny_stream):
 @pytest.mark.parametrize("plugin", [
     lambda: StellaPlugin(mem_size=4), lambda: OnlineReplayPlugin(mem_size=4), lambda: DERPlugin(mem_size=4),
     lambda: SSLEWCPlugin(ewc_lambda=1.0),
+    # the paper's baselines on the online-memory base (issue 9)
+    *[(lambda n=n: make_plugins(n, mem_size=4, batch_size=4)[0]) for n in ("mir", "gmed", "cls-er", "lump", "esmer")],
 ])
 def test_plugins_on_a_foreign_template_name_the_template(tiny_stream, plugin):
     model = create_model("tiny")
@@ -183,7 +187,8 @@ def test_unknown_option_lists_the_valid_ones():
     assert "alpha" in strategy_options("der++")
 
 
-@pytest.mark.parametrize("name", ["er", "der++", "stella", "stella+", "er_exp"])
+# Every registered method with a memory, read from the registry so a new one is covered too.
+@pytest.mark.parametrize("name", [n for n in list_strategies() if _spec(n).uses_memory])
 def test_memory_methods_need_a_memory(name):
     with pytest.raises(ValueError, match=re.escape(f"strategy '{name}' needs mem_size >= 1")):
         make_plugins(name, mem_size=0, batch_size=4)

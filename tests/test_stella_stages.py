@@ -156,3 +156,76 @@ def test_select_memory_draws_from_the_stored_scores_or_replays_stored_patches():
     assert torch.equal(pb.video_idx, idx_v) and torch.equal(pb.audio_idx, idx_a)
     torch.testing.assert_close(pb.audio_patches, stored_a.float())
     torch.testing.assert_close(pb.video_patches, normalize_video_patches(stored_v))
+
+
+def _planted_scores(stella, strategy, b: int, seed: int = 0):
+    """Real scores of ``b`` clips whose AVM attention logits are then replaced by zeros (uniform
+    attention), so a test can plant the columns it needs."""
+    audio, video = _clips(strategy, b, seed)
+    strategy.model.eval()
+    s = stella._score(strategy, audio, prepare_video(video))
+    out = s.avm._replace(attn_logits_av=torch.zeros_like(s.avm.attn_logits_av),
+                         attn_logits_va=torch.zeros_like(s.avm.attn_logits_va))
+    return StellaScores(s.patches_a, s.patches_v, s.tokens_a, s.tokens_v, s.fused_a, s.fused_v, out)
+
+
+def test_importance_reads_the_planted_attention_and_pools_the_candidates_queries():
+    stella, strategy = _ready()
+    c = strategy.model.config
+    nv, na = c.num_video_patches, c.num_audio_patches
+    s = _planted_scores(stella, strategy, 2)
+    logit, jv, ja = 2.0, 5, 3
+    s.avm.attn_logits_av[0, :, :, jv] = logit  # every audio query of row 0 attends to video patch 5
+    s.avm.attn_logits_va[1, :, :, ja] = logit  # every video query of row 1 attends to audio patch 3
+    imp_a, imp_v, cand_a, cand_v, query_a, query_v = stella._importance(s, c.n_frames)
+    # By hand (Eq. 2): softmax over keys at temperature beta, the same for every query and head.
+    e = torch.exp(torch.tensor(logit / stella.beta))
+    peak_v, rest_v = float(e / (e + nv - 1)), float(1 / (e + nv - 1))
+    assert float(imp_v[0, jv]) == pytest.approx(peak_v, rel=1e-5)
+    assert float(imp_v[0, 0]) == pytest.approx(rest_v, rel=1e-5)
+    torch.testing.assert_close(imp_v[1], torch.full((nv,), 1.0 / nv))  # uniform attention, uniform importance
+    peak_a = float(e / (e + na - 1))
+    assert float(imp_a[1, ja]) == pytest.approx(peak_a, rel=1e-5)
+    assert int(cand_v[0, 0]) == jv and int(cand_a[1, 0]) == ja
+    assert cand_v.shape == (2, stella.kappa_v) and cand_a.shape == (2, stella.kappa_a)
+    # Eq. 3 by hand for row 0, video: importance-weighted mean of its candidates' queries.
+    w = imp_v[0, cand_v[0]] / imp_v[0, cand_v[0]].sum()
+    want = (s.avm.q_v[0][:, cand_v[0]].float() * w[None, :, None]).sum(1)
+    torch.testing.assert_close(query_v[0], want, rtol=1e-5, atol=1e-6)
+    # RCA (use_importance=False) keeps the same candidates machinery on a uniform importance.
+    stella.use_importance = False
+    imp_a2, imp_v2, *_ = stella._importance(s, c.n_frames)
+    assert torch.equal(imp_v2, torch.ones(2, nv)) and torch.equal(imp_a2, torch.ones(2, na))
+
+
+def test_exclusion_is_the_sigmoid_of_past_minus_current_on_candidates_only():
+    stella, strategy = _ready()
+    c = strategy.model.config
+    nv, na = c.num_video_patches, c.num_audio_patches
+    s = _planted_scores(stella, strategy, 2, seed=2)
+    imp_a, imp_v, cand_a, cand_v, query_a, query_v = stella._importance(s, c.n_frames)
+    h, d = query_a.shape[1:]
+    g = torch.Generator().manual_seed(5)
+    memory = {"query_a": torch.randn(1, h, d, generator=g), "query_v": torch.randn(1, h, d, generator=g)}
+    step = StellaStep(n_current=2, first_step=False, scores=s, avm_loss=torch.zeros(()), avm_acc=torch.zeros(()),
+                      imp_a=imp_a, imp_v=imp_v, cand_a=cand_a, cand_v=cand_v, query_a=query_a, query_v=query_v)
+    p_a, p_v = stella._exclusion(step, memory)  # one memory sample: every row is paired with it
+    # Eq. 4 by hand for video patches: mean over heads of sigmoid((q_past - q_cur) . k_j / sqrt(d)),
+    # the past query being the memory's stored *audio* query.
+    k_v = s.avm.k_v.float()
+    diff = (memory["query_a"][0][None] - query_a)[:, :, None, :]  # (B, H, 1, d)
+    want_v = torch.sigmoid((diff * k_v).sum(-1) / d ** 0.5).mean(1)  # (B, Nv)
+    on_v = torch.zeros(2, nv, dtype=torch.bool).scatter(1, cand_v, True)
+    torch.testing.assert_close(p_v[on_v], want_v[on_v], rtol=1e-4, atol=1e-5)
+    assert torch.all(p_v[~on_v] == 0) and torch.all(p_v[on_v] > 0)
+    diff_a = (memory["query_v"][0][None] - query_v)[:, :, None, :]
+    want_a = torch.sigmoid((diff_a * s.avm.k_a.float()).sum(-1) / d ** 0.5).mean(1)
+    on_a = torch.zeros(2, na, dtype=torch.bool).scatter(1, cand_a, True)
+    torch.testing.assert_close(p_a[on_a], want_a[on_a], rtol=1e-4, atol=1e-5)
+    assert torch.all(p_a[~on_a] == 0)
+    # Nothing to compare with on the first step, and nothing excluded under LPIS only.
+    p_a0, p_v0 = stella._exclusion(step, None)
+    assert torch.all(p_a0 == 0) and torch.all(p_v0 == 0)
+    stella.use_correlation = False
+    p_a1, p_v1 = stella._exclusion(step, memory)
+    assert torch.all(p_a1 == 0) and torch.all(p_v1 == 0)
