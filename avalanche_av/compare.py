@@ -296,7 +296,7 @@ class _EpochBar(SupervisedPlugin):
     def after_training_epoch(self, strategy, **kwargs):
         loss = getattr(strategy, "loss", None)
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:
-            self.bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+            self.bar.set_postfix(loss=f"{float(loss.detach()):.3f}", refresh=False)
         self.bar.update(1)
 
     def after_training_exp(self, strategy, **kwargs):

@@ -237,6 +237,45 @@ def test_compare_resume_skips_finished_and_continues_checkpoints(compared, tmp_p
     assert "made with other settings" in _one_line_error(capsys)
 
 
+def test_progress_bars_count_runs_and_epochs(tmp_path, monkeypatch):
+    """The compact display: an outer bar over (method, seed) runs and an inner bar over tasks x
+    epochs, each ending full, labelled with the method, seed and task."""
+    import avalanche_av.compare as compare
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total=None, desc="", **kw):
+            self.total, self.n, self.descs, self.closed = total, 0, [desc], False
+            self.disabled = kw.get("disable", False)
+            bars.append(self)
+
+        def update(self, k=1):
+            self.n += k
+
+        def refresh(self):
+            pass
+
+        def set_description(self, d, refresh=True):
+            self.descs.append(d)
+
+        def set_postfix(self, **kw):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(compare, "_tqdm", Bar)
+    argv = ["compare", "--strategies", "finetune,er", "--seeds", "0", "--out", str(tmp_path / "c"),
+            *[a for a in SMALL if a != "--no-progress"], "--n-tasks", "2", "--epochs", "2"]
+    assert main(argv) == 0
+    outer, inner = bars[0], bars[1:]
+    assert not outer.disabled and outer.total == outer.n == 2 and outer.closed
+    assert outer.descs[-1] == "compare: er (2/2) seed 0 (1/1)"
+    assert len(inner) == 2 and all(b.total == b.n == 2 * 2 and b.closed for b in inner)
+    assert "er s0 task 2/2" in inner[1].descs
+
+
 # --------------------------------------------------------------------------- options and presets
 @pytest.fixture()
 def captured(monkeypatch):
