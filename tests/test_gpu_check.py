@@ -37,3 +37,14 @@ def test_gpu_check_dry_run_writes_json_and_markdown(tmp_path):
     hs = s["host_syncs"]
     assert hs["stella nan_check_every=4"]["per_step"] <= hs["stella nan_check_every=1"]["per_step"]
     assert "17.45" in md and "30.95" in md and "| stella++ (stella+ batch" in md
+
+
+def test_every_cuda_marked_test_is_in_the_file_gpu_check_runs():
+    """gpu_check runs ``pytest -m cuda tests/test_cuda.py`` only (collecting all of tests/ needs
+    packages the GPU image may lack), so a cuda-marked test elsewhere would never run there."""
+    import re
+
+    here = Path(__file__).parent
+    use = re.compile(r"^\s*(@pytest\.mark\.cuda|pytestmark\s*=.*\bmark\.cuda)", re.M)
+    marked = sorted(p.name for p in here.glob("test_*.py") if use.search(p.read_text()))
+    assert marked == ["test_cuda.py"]
