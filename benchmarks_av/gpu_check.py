@@ -47,6 +47,7 @@ import re
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 import warnings
@@ -315,7 +316,10 @@ def ddp(dry: bool, out_dir: Path) -> dict:
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if dry or n < 2:
         return {"status": "skipped", "reason": f"{n} GPU(s) visible; the DDP smoke run needs 2"}
-    run_dir = out_dir / "ddp_run"
+    # The run's folder (checkpoint, plots, logs) stays out of out_dir: the device tool brings
+    # back only a few files, and gpu_check.json / .md must be among them.
+    del out_dir
+    run_dir = Path(tempfile.mkdtemp(prefix="gpu_check_ddp_"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "avalanche_av.cli", "run", "--n-tasks", "2", "--epochs", "1", "--train-clips-per-class", "16",
            "--eval-clips-per-class", "4", "--batch-size", "8", "--no-progress", "--no-csv", "--out", str(run_dir)]
