@@ -243,9 +243,20 @@ def test_bad_arguments_exit_2_with_one_line(argv, message, tmp_path, capsys, mon
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
-def test_cuda_without_gpu_is_a_one_line_error(tmp_path, capsys):
-    assert main(["run", "--device", "cuda", "--out", str(tmp_path / "x")]) == 2
-    assert "no CUDA GPU is available" in _one_line_error(capsys)
+@pytest.mark.parametrize("device", ["cuda", "cuda:3"])
+def test_cuda_without_gpu_is_a_one_line_error(device, tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["run", "--device", device, "--out", str(tmp_path / "x")]) == 2
+    assert f"--device {device}: no CUDA GPU is available" in _one_line_error(capsys)
+
+
+def test_prepare_into_an_existing_file_is_a_one_line_error(tmp_path, capsys):
+    (tmp_path / "src").mkdir()
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    assert main(["prepare", str(tmp_path / "src"), str(f), "--no-progress"]) == 2
+    assert "prepare OUT" in _one_line_error(capsys) and f.read_text() == "x"
 
 
 def test_out_or_csv_dir_on_an_existing_file(tmp_path, capsys):
