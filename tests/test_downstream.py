@@ -264,18 +264,28 @@ def test_real_layouts_end_to_end(tmp_path):
 # --------------------------------------------------------------------------- pre-trained vs random
 @pytest.mark.slow
 def test_briefly_pretrained_backbone_beats_random_init():
-    """160 self-supervised steps on 4 classes lift the frozen-feature linear probe well above the
-    same probe on the random initialisation (0.92 vs 0.84 top-1 when recorded; 64 test clips).
-    benchmarks_av/results/downstream.md has all four tasks over three seeds."""
+    """160 self-supervised steps on one 4-class task, three training seeds from the same random
+    initialisation: the frozen-feature linear probe beats the same probe on that initialisation
+    by more than the spread over the seeds (the issue's criterion). Recorded 2026-12-02: random
+    0.844; pre-trained 0.891 / 0.969 / 0.891 (64 test clips).
+
+    The learning rate, 3e-4, was chosen by the self-supervised loss on the training clips (4.82-4.87
+    after 20 epochs, against 5.01-5.14 at 1e-3), not by the probe. At 1e-3 the probe fell *below*
+    random on one machine (0.64-0.72) and above it on another: the earlier one-seed version of
+    this test passed or failed with the machine. benchmarks_av/results/downstream.md has all four
+    tasks over three seeds."""
     data = synthetic_data(n_tasks=1, classes_per_task=4, train_clips_per_class=64, eval_clips_per_class=16)
     rnd, _ = load_backbone("random", "tiny", data.input_shapes, seed=0)
-    pre = copy.deepcopy(rnd)
-    ssl_train(pre, data, torch.cat([data.indices("train"), data.indices("val")]), epochs=20, lr=1e-3, batch_size=32,
-              progress=False)
-    acc = {}
-    for name, m in (("random", rnd), ("pretrained", pre)):
-        acc[name] = run_classification(data, FeatureExtractor(m, progress=False), progress=False)["metrics"]["top1"]
-    assert acc["pretrained"] > acc["random"] + 0.04, acc
+    train = torch.cat([data.indices("train"), data.indices("val")])
+    acc_random = run_classification(data, FeatureExtractor(rnd, progress=False), progress=False)["metrics"]["top1"]
+    accs = []
+    for seed in (0, 1, 2):
+        pre = copy.deepcopy(rnd)
+        losses = ssl_train(pre, data, train, epochs=20, lr=3e-4, batch_size=32, progress=False, seed=seed)
+        assert losses[-1] < losses[0] - 0.5, losses  # it did learn
+        accs.append(run_classification(data, FeatureExtractor(pre, progress=False), progress=False)["metrics"]["top1"])
+    gain, spread = float(np.mean(accs)) - acc_random, float(np.std(accs, ddof=1))
+    assert gain > max(spread, 0.02), (acc_random, accs)
 
 
 def test_vggsound_and_audioset_classification_through_the_existing_readers(tmp_path):
