@@ -128,10 +128,9 @@ def environment() -> dict:
     return out
 
 
-def cuda_tests(dry: bool, timeout: float) -> dict:
+def cuda_tests(timeout: float) -> dict:
     # Only the file that holds the cuda-marked tests: collecting all of tests/ would import
     # soundfile & co., which the GPU image need not have (pytest then stops before any test).
-    del dry
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests/test_cuda.py"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
@@ -312,13 +311,12 @@ def score_cache(device: str, model_name: str, batch: int, dry: bool) -> dict:
     return measure_throughput(model_name, batch, steps=1 if dry else 3, device=device)
 
 
-def ddp(dry: bool, out_dir: Path) -> dict:
+def ddp(dry: bool) -> dict:
     n = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if dry or n < 2:
         return {"status": "skipped", "reason": f"{n} GPU(s) visible; the DDP smoke run needs 2"}
     # The run's folder (checkpoint, plots, logs) stays out of out_dir: the device tool brings
     # back only a few files, and gpu_check.json / .md must be among them.
-    del out_dir
     run_dir = Path(tempfile.mkdtemp(prefix="gpu_check_ddp_"))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
            "avalanche_av.cli", "run", "--n-tasks", "2", "--epochs", "1", "--train-clips-per-class", "16",
@@ -443,13 +441,13 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
 
     plan = [
         ("environment", 0, environment),
-        ("cuda_tests", 60, lambda: cuda_tests(dry, timeout=max(30.0, min(150.0, budget.left() - 240)))),
+        ("cuda_tests", 60, lambda: cuda_tests(timeout=max(30.0, min(150.0, budget.left() - 240)))),
         ("bf16", 20, lambda: bf16_sanity(device, model_name)),
         ("efficiency", 60, lambda: efficiency(device, model_name, batch, dry, log)),
         ("stella_pp", 45, lambda: stella_pp(device, model_name, batch, report["sections"].get("efficiency"), dry, log)),
         ("host_syncs", 20, lambda: host_syncs(device, dry)),
         ("score_cache", 30, lambda: score_cache(device, model_name, batch, dry)),
-        ("ddp", 60, lambda: ddp(dry, out_dir)),
+        ("ddp", 60, lambda: ddp(dry)),
     ]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="No loggers specified")
