@@ -29,6 +29,7 @@ CANDIDATES = {
     "bs16, lr1e-3, warmup+cosine": dict(batch_size=16, lr=1e-3, schedule=True),
     "bs16, lr2e-3, warmup+cosine": dict(batch_size=16, lr=2e-3, schedule=True),
     "bs16, lr1e-3, warmup+cosine, 15 epochs": dict(batch_size=16, lr=1e-3, schedule=True, epochs=15),
+    "bs16, lr1e-3, warmup+cosine, 12 epochs": dict(batch_size=16, lr=1e-3, schedule=True, epochs=12),
 }
 
 

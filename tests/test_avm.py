@@ -11,7 +11,15 @@ from avalanche_av import models
 from avalanche_av.models.avm import AVMatching, avm_loss, derangement, importance, make_avm_pairs
 from avalanche_av.training import selection
 
-torch.set_num_threads(1)
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These small-tensor tests run on one thread; the setting is restored afterwards so that it
+    does not leak into the rest of the suite."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_forward_shapes_and_logits():
