@@ -32,7 +32,7 @@ reads finished runs back.
 
 Budgets. The full variant uses the main job's settings (``avalanche-av run`` defaults: 4 tasks
 x 4 classes x 128 clips, batch 16, warm-up + cosine, memory 64) with 10 epochs per task instead
-of 15 (:data:`TABLE_BUDGET`), and 3 seeds: about 3 CPU-minutes per run with one thread. On
+of 12 (:data:`TABLE_BUDGET`), and 3 seeds: about 3 CPU-minutes per run with one thread. On
 2 cores with ``--jobs 2``, ``table1,table3,stella_pp,memory`` (``--memory-seeds 0``) took
 94.7 min and ``remedy`` 17 min more (2026-12-01, RESULTS.md section 10); ``shapes,avalanche,chunks``
 took 141.8 min (2026-12-02, with the test suite sharing the cores for part of it). ``--quick`` is
@@ -81,7 +81,7 @@ DEFAULT_CHUNK = 4
 #: The base-like synthetic stream (docs/synthetic.md, ``--synthetic``) and the methods run on it.
 BASE_LIKE = ["--synthetic", "image_size=128", "--synthetic", "object_cells=2"]
 SHAPE_METHODS = ["der++", "stella"]
-#: The tables' budget: the main job's settings with 10 epochs instead of 15 (CPU time; the
+#: The tables' budget: the main job's settings with 10 epochs instead of 12 (CPU time; the
 #: 10-epoch schedule reached 5.2x chance on the validation split, benchmarks_av/tune_main_job.py).
 TABLE_BUDGET = ["--epochs", "10"]
 QUICK = ["--n-tasks", "2", "--classes-per-task", "2", "--train-clips-per-class", "16", "--eval-clips-per-class",
