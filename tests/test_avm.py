@@ -12,16 +12,6 @@ from avalanche_av.models.avm import AVMatching, avm_loss, derangement, importanc
 from avalanche_av.training import selection
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These small-tensor tests run on one thread; the setting is restored afterwards so that it
-    does not leak into the rest of the suite."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_forward_shapes_and_logits():
     torch.manual_seed(0)
     b, na, nv, d, h = 3, 5, 7, 24, 4

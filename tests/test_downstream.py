@@ -280,6 +280,12 @@ def brief():
     after 20 epochs, against 5.01-5.14 at 1e-3), not by any head. At 1e-3 the linear probe fell
     *below* random on one machine (0.64-0.72) and above it on another."""
     data = synthetic_data(**BRIEF)
+    return (data, *_pretrain_three(data))
+
+
+def _pretrain_three(data) -> tuple:
+    """The random initialisation (seed 0) and three copies pre-trained with ``ssl_train`` seeds 0, 1, 2
+    on the training and validation clips of ``data``."""
     rnd, _ = load_backbone("random", "tiny", data.input_shapes, seed=0)
     train = torch.cat([data.indices("train"), data.indices("val")])
     pre = []
@@ -288,7 +294,7 @@ def brief():
         losses = ssl_train(net, data, train, epochs=20, lr=3e-4, batch_size=32, progress=False, seed=seed)
         assert losses[-1] < losses[0] - 0.5, losses  # it did learn
         pre.append(net)
-    return data, rnd, pre
+    return rnd, pre
 
 
 def _assert_beats_random(name: str, score_random: float, scores: list[float], floor: float) -> None:
@@ -364,15 +370,7 @@ def brief8():
     fine-tuning's validation recall (mean R@1/5/10 on the held-out task's validation clips),
     2026-12-02: with 4 classes random 0.472 against pre-trained 0.431 / 0.458 / 0.500 (no gain);
     with 8 classes random 0.319 against 0.403 / 0.382 / 0.347."""
-    data = synthetic_data(**BRIEF8)
-    rnd, _ = load_backbone("random", "tiny", data.input_shapes, seed=0)
-    train = torch.cat([data.indices("train"), data.indices("val")])
-    pre = []
-    for seed in (0, 1, 2):
-        net = copy.deepcopy(rnd)
-        ssl_train(net, data, train, epochs=20, lr=3e-4, batch_size=32, progress=False, seed=seed)
-        pre.append(net)
-    return rnd, pre
+    return _pretrain_three(synthetic_data(**BRIEF8))
 
 
 @pytest.mark.slow

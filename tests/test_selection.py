@@ -33,16 +33,6 @@ from avalanche_av.training.selection import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These small-tensor tests run on one thread; the setting is restored afterwards so that it
-    does not leak into the rest of the suite."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # --------------------------------------------------------------------------- reference
 
 
