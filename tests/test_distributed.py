@@ -10,7 +10,10 @@ what it saw; the tests compare that with a single process here:
 * one training step of 2 ranks x batch b == 1 process x batch 2b (loss, and the SGD update);
 * distributed retrieval evaluation (padded shards) == single-process evaluation, R@K exactly;
 * a STELLA checkpoint saved by 2 ranks resumes exactly on 2, and on 1 and 3 ranks keeps every
-  stored clip exactly once.
+  stored clip exactly once; so does every other online memory (ER, DER++, STELLA+, MIR, GMED,
+  CLS-ER, LUMP, ESMER), each stored row still next to its own clip's other fields;
+* the training shards are disjoint, cover the experience, change every epoch and are the same
+  for the same seed (and differ for another).
 """
 from __future__ import annotations
 
@@ -81,12 +84,39 @@ def _sgd_step_model(stream, mb):
     return strategy, rec.losses
 
 
-def _stella(mem_size):
+def _online(name, mem_size):
+    """A tiny strategy whose first plugin is the online memory of method ``name``."""
     from avalanche_av.models import create_model
     from avalanche_av.training import make_plugins
 
     torch.manual_seed(0)
-    return _strategy(create_model("tiny"), make_plugins("stella", mem_size=mem_size, batch_size=3), mb=3)
+    return _strategy(create_model("tiny"), make_plugins(name, mem_size=mem_size, batch_size=3), mb=3)
+
+
+def _stella(mem_size):
+    return _online("stella", mem_size)
+
+
+#: The other online memories: each is a per-rank reservoir merged and re-dealt like STELLA's.
+OTHER_MEMORIES = ("er", "der++", "stella+", "mir", "gmed", "cls-er", "lump", "esmer")
+SHARD_SEEDS = (3, 3, 4)  # the same seed twice, then another
+
+
+def _shard_recorder():
+    from avalanche.core import SupervisedPlugin
+
+    class Rec(SupervisedPlugin):
+        """The clip ids of every training step, per epoch."""
+
+        def __init__(self):
+            super().__init__()
+            self.epochs: dict[int, list[int]] = {}
+
+        def after_training_iteration(self, strategy, **kw):
+            ids = strategy.mb_clip_id_host[: strategy.mb_n_current].tolist()
+            self.epochs.setdefault(int(strategy.clock.train_exp_epochs), []).extend(int(i) for i in ids)
+
+    return Rec()
 
 
 def _memory(strategy):
@@ -134,6 +164,23 @@ def _two_ranks(ctx, out: Path) -> None:
     assert all(torch.equal(after["fields"][k], before["fields"][k]) for k in before["fields"])
     assert torch.equal(again.plugins[0].storage.generator.get_state(), stella.plugins[0].storage.generator.get_state())
 
+    for name in OTHER_MEMORIES:
+        strategy = _online(name, memory_share(MEM))
+        strategy.train(stream.train_stream[0])
+        torch.save(_memory(strategy), out / f"memory_{name}_{r}.pt")
+        save_checkpoint(out / f"ck_{name}.pt", strategy)
+
+    shards = []
+    for seed in SHARD_SEEDS:
+        rec = _shard_recorder()
+        torch.manual_seed(0)
+        strategy = _strategy(FixedMaskAVMAE(get_config("tiny")), [rec], mb=3)
+        strategy.train_epochs = 3
+        strategy.shard_seed = seed
+        strategy.train(stream.train_stream[0])
+        shards.append(rec.epochs)
+    torch.save(shards, out / f"shards{r}.pt")
+
 
 def _three_ranks(ctx, out: Path) -> None:
     from avalanche_av.training.checkpoint import load_checkpoint, save_checkpoint
@@ -144,6 +191,12 @@ def _three_ranks(ctx, out: Path) -> None:
     torch.save(_memory(stella), out / f"memory3_{ctx.rank}.pt")
     stella.train(_stream().train_stream[1])  # the resumed ranks train together
     save_checkpoint(out / "ck3.pt", stella)
+    for name in OTHER_MEMORIES:
+        strategy = _online(name, memory_share(MEM))
+        load_checkpoint(out / f"ck_{name}.pt", strategy)
+        loaded = _memory(strategy)
+        strategy.train(_stream().train_stream[1])
+        torch.save({"loaded": loaded, "trained": _memory(strategy)}, out / f"memory3_{name}_{ctx.rank}.pt")
 
 
 def _entry(rank: int, world: int, port: int, fn, out: str) -> None:
@@ -249,3 +302,75 @@ def test_checkpoint_of_two_ranks_resumes_on_one_and_three_keeping_every_clip_onc
     three = read_checkpoint(two_ranks / "ck3.pt")
     assert three["world"]["size"] == 3
     assert three["plugins"]["0:StellaPlugin"]["storage"]["store"]["size"] == MEM
+
+
+def _rows_by_clip(parts) -> dict[int, dict[str, torch.Tensor]]:
+    """Every stored row of ``parts`` (memories), by clip id, with all its fields."""
+    out = {}
+    for p in parts:
+        for i, c in enumerate(p["clip_id"].tolist()):
+            out[int(c)] = {k: v[i] for k, v in p["fields"].items()}
+    return out
+
+
+def _same_rows(got: dict, want: dict, where: str) -> None:
+    assert sorted(got) == sorted(want), where
+    for c in want:
+        for k in want[c]:
+            assert torch.equal(got[c][k], want[c][k]), f"{where}: field {k} of clip {c} moved away from its clip"
+
+
+@pytest.mark.parametrize("name", OTHER_MEMORIES)
+def test_every_online_memory_resumes_on_one_and_three_ranks_keeping_every_clip_once(two_ranks, name):
+    from avalanche_av.training.checkpoint import load_checkpoint
+
+    saved = [torch.load(two_ranks / f"memory_{name}_{r}.pt", weights_only=True) for r in range(2)]
+    stored = _clip_ids(saved)
+    assert len(stored) == MEM and len(set(stored)) == MEM  # 3 per rank, each rank full
+    want = _rows_by_clip(saved)
+    assert len(want[stored[0]]) >= 2  # a field besides the clip id (frames, embeddings, patches ...)
+
+    one = _online(name, MEM)
+    load_checkpoint(two_ranks / f"ck_{name}.pt", one)
+    mem = _memory(one)
+    _same_rows(_rows_by_clip([mem]), want, f"{name} on 1 rank")
+    seen = sum(m["n_seen"] for m in saved)
+    # ESMER keeps its high-loss clips out of memory, so it may count fewer than the 12 offered
+    assert seen == 12 or (name == "esmer" and MEM <= seen <= 12)
+    assert mem["capacity"] == MEM and mem["n_seen"] == seen
+
+    if not (two_ranks / f"memory3_{name}_0.pt").exists():  # the first of these tests starts the 3 ranks
+        _spawn(_three_ranks, 3, two_ranks)
+    parts = [torch.load(two_ranks / f"memory3_{name}_{r}.pt", weights_only=True) for r in range(3)]
+    loaded = [p["loaded"] for p in parts]
+    _same_rows(_rows_by_clip(loaded), want, f"{name} on 3 ranks")
+    assert [p["capacity"] for p in loaded] == [2, 2, 2]
+    counts = [p["n_seen"] for p in loaded]  # split in proportion to the clips each rank holds
+    assert sum(counts) == seen and max(counts) - min(counts) <= 1
+    # and they train on: 4 more clips per rank (ESMER may keep some out), each memory full at its share
+    trained = [p["trained"] for p in parts]
+    for before, after in zip(loaded, trained):
+        assert after["n_seen"] == before["n_seen"] + 4 or (name == "esmer" and before["n_seen"] <= after["n_seen"])
+    assert [len(p["clip_id"]) for p in trained] == [2, 2, 2]
+    assert len(set(_clip_ids(trained))) == 6
+
+
+def test_training_shards_are_disjoint_reshuffled_every_epoch_and_fixed_by_the_seed(two_ranks):
+    ranks = [torch.load(two_ranks / f"shards{r}.pt", weights_only=True) for r in range(2)]
+    first = ranks[0][0][0] + ranks[1][0][0]
+    everything = sorted(first)
+    assert len(set(everything)) == len(_stream().train_stream[0].dataset) == 12
+    orders = []
+    for run in range(len(SHARD_SEEDS)):
+        epochs = [ranks[r][run] for r in range(2)]
+        assert sorted(epochs[0]) == sorted(epochs[1]) == [0, 1, 2]
+        per_epoch = []
+        for e in range(3):
+            a, b = epochs[0][e], epochs[1][e]
+            assert len(a) == len(b) == 6 and not set(a) & set(b)  # disjoint halves
+            assert sorted(a + b) == everything  # 12 clips, 2 ranks: none left out
+            per_epoch.append((tuple(a), tuple(b)))
+        assert len(set(per_epoch)) == 3  # a new split every epoch
+        orders.append(per_epoch)
+    assert orders[0] == orders[1]  # the same seed: the same shards, epoch by epoch
+    assert orders[2] != orders[0] and orders[2][0] != orders[0][0]  # another seed: other shards
