@@ -665,10 +665,12 @@ def _checkpoint_found(ckpt: Path, dist_ctx: Any) -> bool:
 
 
 def _rank_mem_size(cfg: RunConfig, dist_ctx: Any) -> int:
-    """This rank's part of the ``--mem-size`` clips (all of them in a single process)."""
+    """This rank's part of the ``--mem-size`` clips (all of them in a single process, and on every
+    rank for a method whose memory is global: ``er_exp``, ``agem``)."""
+    from .training import memory_scope  # noqa: PLC0415
     from .training.distributed import memory_share  # noqa: PLC0415
 
-    if not dist_ctx.is_distributed:
+    if not dist_ctx.is_distributed or memory_scope(cfg.strategy) == "global":
         return cfg.mem_size
     if cfg.mem_size < dist_ctx.world_size:
         raise ValueError(f"--mem-size {cfg.mem_size} is the memory over all ranks; {dist_ctx.world_size} ranks "

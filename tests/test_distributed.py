@@ -99,6 +99,8 @@ def _stella(mem_size):
 
 #: The other online memories: each is a per-rank reservoir merged and re-dealt like STELLA's.
 OTHER_MEMORIES = ("er", "der++", "stella+", "mir", "gmed", "cls-er", "lump", "esmer")
+#: Avalanche's per-experience memories: global, the same on every rank (memory_scope="global").
+GLOBAL_MEMORIES = ("er_exp", "agem")
 SHARD_SEEDS = (3, 3, 4)  # the same seed twice, then another
 
 
@@ -170,6 +172,13 @@ def _two_ranks(ctx, out: Path) -> None:
         torch.save(_memory(strategy), out / f"memory_{name}_{r}.pt")
         save_checkpoint(out / f"ck_{name}.pt", strategy)
 
+    for name in GLOBAL_MEMORIES:
+        strategy = _online(name, MEM)  # the whole memory on every rank
+        torch.manual_seed(100 + r)  # as a run does (seed + rank): the ranks' global RNGs differ
+        strategy.train(stream.train_stream[0])
+        torch.save(strategy.plugins[0].state_dict(), out / f"global_{name}_{r}.pt")
+        save_checkpoint(out / f"ck_{name}.pt", strategy)
+
     shards = []
     for seed in SHARD_SEEDS:
         rec = _shard_recorder()
@@ -197,6 +206,13 @@ def _three_ranks(ctx, out: Path) -> None:
         loaded = _memory(strategy)
         strategy.train(_stream().train_stream[1])
         torch.save({"loaded": loaded, "trained": _memory(strategy)}, out / f"memory3_{name}_{ctx.rank}.pt")
+    for name in GLOBAL_MEMORIES:
+        strategy = _online(name, MEM)
+        load_checkpoint(out / f"ck_{name}.pt", strategy)
+        loaded = strategy.plugins[0].state_dict()
+        strategy.train(_stream().train_stream[1])
+        torch.save({"loaded": loaded, "trained": strategy.plugins[0].state_dict()},
+                   out / f"global3_{name}_{ctx.rank}.pt")
 
 
 def _entry(rank: int, world: int, port: int, fn, out: str) -> None:
@@ -374,3 +390,53 @@ def test_training_shards_are_disjoint_reshuffled_every_epoch_and_fixed_by_the_se
         orders.append(per_epoch)
     assert orders[0] == orders[1]  # the same seed: the same shards, epoch by epoch
     assert orders[2] != orders[0] and orders[2][0] != orders[0][0]  # another seed: other shards
+
+
+def _stored(name: str, state: dict) -> list[tuple[int, int]]:
+    """(experience, index) of every clip a global memory's state holds."""
+    if name == "er_exp":
+        return sorted(tuple(int(x) for x in row) for row in state["origin"])
+    return sorted((int(e), int(i)) for e, idx in state["memory_indices"] for i in idx)
+
+
+@pytest.mark.parametrize("name", GLOBAL_MEMORIES)
+def test_global_memories_are_the_same_on_every_rank_and_resume_on_one_and_three(two_ranks, name):
+    from avalanche_av.training import memory_scope
+    from avalanche_av.training.checkpoint import load_checkpoint
+
+    assert memory_scope(name) == "global"
+    ranks = [torch.load(two_ranks / f"global_{name}_{r}.pt", weights_only=True) for r in range(2)]
+    want = _stored(name, ranks[0])
+    assert _stored(name, ranks[1]) == want  # one memory, held by every rank
+    # the whole --mem-size on each rank (A-GEM: mem_size // 2 experiences, after the first)
+    assert len(want) == len(set(want)) == (MEM if name == "er_exp" else MEM // 2)
+    assert {e for e, _ in want} == {0}
+
+    one = _online(name, MEM)
+    load_checkpoint(two_ranks / f"ck_{name}.pt", one)
+    assert _stored(name, one.plugins[0].state_dict()) == want
+    one.train(_stream().train_stream[1])  # rebuilt from the stream, and it trains on
+    after_one = _stored(name, one.plugins[0].state_dict())
+    assert len(after_one) == (MEM if name == "er_exp" else 2 * (MEM // 2))
+    assert {e for e, _ in after_one} <= {0, 1}
+
+    if not (two_ranks / f"global3_{name}_0.pt").exists():
+        _spawn(_three_ranks, 3, two_ranks)
+    parts = [torch.load(two_ranks / f"global3_{name}_{r}.pt", weights_only=True) for r in range(3)]
+    assert all(_stored(name, p["loaded"]) == want for p in parts)
+    after = [_stored(name, p["trained"]) for p in parts]
+    assert after[0] == after[1] == after[2] and len(after[0]) == len(after_one)  # still one memory
+    if name == "agem":  # the first experience's clips stay; the second adds its own draw
+        assert [x for x in after[0] if x[0] == 0] == want and sum(e == 1 for e, _ in after[0]) == MEM // 2
+
+
+def test_each_rank_holds_its_share_of_a_rank_memory_and_all_of_a_global_one():
+    from avalanche_av.experiment import RunConfig, _rank_mem_size
+    from avalanche_av.training.distributed import DistributedContext
+
+    for strategy, want in (("er", [4, 3, 3]), ("stella", [4, 3, 3]), ("er_exp", [10, 10, 10]), ("agem", [10] * 3)):
+        cfg = RunConfig(strategy=strategy, mem_size=10)
+        got = [_rank_mem_size(cfg, DistributedContext(rank=r, local_rank=r, world_size=3, backend="gloo"))
+               for r in range(3)]
+        assert got == want, strategy
+        assert _rank_mem_size(cfg, DistributedContext()) == 10  # one process: the whole memory

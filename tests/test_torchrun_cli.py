@@ -6,8 +6,8 @@ so the tests can tell what each rank printed:
 * ``run``: rank 0 draws the progress bars and prints the results table; rank 1 prints neither.
   The run folder holds one writer's files (the CSV logs have each row once), and
   ``results.json`` says 2 ranks trained;
-* ``compare``: the same for the comparison (one table, one ``compare.json``), with every run
-  trained on 2 ranks.
+* ``compare`` (``er_exp`` and ``agem``, whose memories are global): the same for the comparison
+  (one table, one ``compare.json``), with every run trained on 2 ranks.
 """
 from __future__ import annotations
 
@@ -68,13 +68,13 @@ def test_run_under_torchrun_logs_and_writes_on_rank_zero_only(tmp_path):
 @pytest.mark.slow
 def test_compare_under_torchrun_trains_every_run_on_both_ranks_and_writes_once(tmp_path):
     out = tmp_path / "cmp"
-    logs = _torchrun(tmp_path, ["compare", "--strategies", "finetune,er", "--seeds", "0", *TINY, "--out", str(out)])
+    logs = _torchrun(tmp_path, ["compare", "--strategies", "er_exp,agem", "--seeds", "0", *TINY, "--out", str(out)])
     table = "## Audio → Video"  # the comparison table's first section
     assert _bars(logs[0]) > 0 and table in logs[0]
     assert _bars(logs[1]) == 0 and table not in logs[1] and "compare.json" not in logs[1]
     data = json.loads((out / "compare.json").read_text())
-    assert set(data["runs"]) == {"finetune", "er"} and data["executed"] == 2
+    assert set(data["runs"]) == {"er_exp", "agem"} and data["executed"] == 2
     assert sorted(p.name for p in out.glob("compare.*")) == ["compare.csv", "compare.json", "compare.md"]
-    for method in ("finetune", "er"):
+    for method in ("er_exp", "agem"):  # Avalanche's memories, global under torchrun
         summary = json.loads((out / method / "seed0" / "results.json").read_text())
         assert summary["distributed"]["world_size"] == 2, method

@@ -31,7 +31,12 @@ __all__ = [
     "list_strategies",
     "strategy_options",
     "validate_strategy_options",
+    "memory_scope",
+    "MEMORY_SCOPES",
 ]
+
+#: Where a method's memory lives under torchrun (:attr:`StrategySpec.memory_scope`).
+MEMORY_SCOPES = ("rank", "global")
 
 #: Constructor arguments that ``make_plugins`` fills itself; never user options.
 _MANAGED = {"self", "mem_size", "batch_size_mem", "storage_policy", "args", "kwargs"}
@@ -49,6 +54,12 @@ class StrategySpec:
         uses_memory: needs ``mem_size >= 1``.
         description: one line for ``--list-strategies`` and the docs.
         build: optional custom builder ``(mem_size, batch_size, **options) -> plugins``.
+        memory_scope: under torchrun, ``"rank"``: each rank holds a reservoir over its own
+            shard, ``mem_size / N`` clips (our online memories); ``"global"``: every rank holds
+            the same ``mem_size``-clip memory, drawn from the whole experience with the same
+            random numbers, and Avalanche's distributed loaders give each rank a disjoint part
+            of it per memory batch (``er_exp``, ``agem``: Avalanche's per-experience memories,
+            which are datasets of indices into the experience). See ``docs/distributed.md``.
     """
 
     name: str
@@ -57,6 +68,12 @@ class StrategySpec:
     uses_memory: bool = True
     description: str = ""
     build: Optional[Callable[..., List[BasePlugin]]] = None
+    memory_scope: str = "rank"
+
+    def __post_init__(self) -> None:
+        if self.memory_scope not in MEMORY_SCOPES:
+            raise ValueError(f"strategy {self.name!r}: memory_scope must be one of {MEMORY_SCOPES}, "
+                             f"got {self.memory_scope!r}")
 
     def options(self) -> Dict[str, Any]:
         """User-settable options and their defaults (the plugin's keyword arguments)."""
@@ -86,6 +103,12 @@ def _spec(name: str) -> StrategySpec:
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; valid strategies: {', '.join(list_strategies())}")
     return STRATEGIES[name]
+
+
+def memory_scope(name: str) -> str:
+    """``"rank"`` or ``"global"``: how strategy ``name``'s memory is split over ranks
+    (:attr:`StrategySpec.memory_scope`)."""
+    return _spec(name).memory_scope
 
 
 def strategy_options(name: str) -> Dict[str, Any]:
@@ -206,13 +229,13 @@ for _spec_ in (
                  description="Avalanche's LFL; Euclidean loss to the previous model's pooled embeddings"),
     StrategySpec("feature-distillation", SSLFeatureDistillationPlugin, uses_memory=False,
                  description="Avalanche's feature distillation; cosine to the previous model's pooled embeddings"),
-    StrategySpec("agem", SSLAGEMPlugin,
+    StrategySpec("agem", SSLAGEMPlugin, memory_scope="global",
                  description="Avalanche's A-GEM; gradient projection against the SSL loss on its per-experience memory"),
     StrategySpec("cumulative", CumulativePlugin, uses_memory=False,
                  description="Avalanche's Cumulative: each task trains on the union of all tasks so far"),
     StrategySpec("multitask", MultitaskPlugin, uses_memory=False,
                  description="joint training once on the union of all tasks (upper bound; F is 0 by construction)"),
-    StrategySpec("er_exp", ResumableReplayPlugin, build=_er_exp,
+    StrategySpec("er_exp", ResumableReplayPlugin, build=_er_exp, memory_scope="global",
                  description="Avalanche's own ReplayPlugin + ReservoirSamplingBuffer (per-experience memory; resumable)"),
 ):
     register_strategy(_spec_)

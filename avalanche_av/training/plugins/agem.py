@@ -45,6 +45,12 @@ class SSLAGEMPlugin(AGEMPlugin):
       stream the experience comes from, so the memory ends at ``mem_size`` clips like the other
       replay methods'.
 
+    Under torchrun the memory is global (``memory_scope="global"`` in the registry): every rank
+    draws the same subset of the whole experience (the generator is seeded alike on every rank)
+    and Avalanche's distributed sampler gives each rank a disjoint part of it per memory
+    sample; the projection uses the rank's own ``g_ref`` before the gradients are averaged. A
+    checkpoint therefore resumes on any number of ranks.
+
     Args:
         patterns_per_experience: clips kept per experience (``>= 1``); ``None`` derives it from
             ``mem_size``.
@@ -58,6 +64,9 @@ class SSLAGEMPlugin(AGEMPlugin):
         ValueError: an option out of range, or neither ``patterns_per_experience`` nor
             ``mem_size`` given.
     """
+
+    #: checked for torchrun: a global memory, the same on every rank
+    supports_distributed = True
 
     def __init__(
         self,

@@ -10,6 +10,11 @@ start the next experience with an empty memory. These two thin subclasses change
   key per new clip (``torch.rand``, one call, as the parent draws it), keep the ``max_size``
   largest keys among the new and stored clips, in descending key order, so a run without a
   resume is unchanged.
+* Under torchrun the memory is global (``memory_scope="global"`` in the registry): every rank
+  offers the whole experience to the reservoir with rank 0's keys (one broadcast per
+  experience), so every rank holds the same ``mem_size`` clips, and Avalanche's
+  ``ReplayDataLoader`` gives each rank a disjoint part of the memory (and of the experience)
+  per epoch. A checkpoint therefore resumes on any number of ranks.
 * :class:`ResumableReplayPlugin` saves ``origin`` and the keys (a few hundred bytes, no clip data),
   and on resume rebuilds the same buffer, in the same order, from the experiences of the stream
   (``experience.origin_stream``) before the first replayed experience. Replay sampling then
@@ -20,9 +25,12 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
+import torch.distributed as dist
 from avalanche.benchmarks.utils import AvalancheDataset
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
+
+from ..distributed import is_distributed
 
 __all__ = ["ResumableReservoirSamplingBuffer", "ResumableReplayPlugin"]
 
@@ -48,7 +56,10 @@ class ResumableReservoirSamplingBuffer(ReservoirSamplingBuffer):
 
     def _update(self, new_data: AvalancheDataset, experience_id: int) -> None:
         n = len(new_data)
-        keys = torch.cat([torch.rand(n), self._buffer_weights])
+        fresh = torch.rand(n)
+        if is_distributed():  # the same clips on every rank: rank 0's keys
+            dist.broadcast(fresh, src=0)
+        keys = torch.cat([fresh, self._buffer_weights])
         origin = torch.cat([torch.stack([torch.full((n,), experience_id, dtype=torch.int64),
                                          torch.arange(n, dtype=torch.int64)], 1), self.origin])
         keys, order = keys.sort(descending=True)
@@ -94,6 +105,9 @@ class ResumableReplayPlugin(ReplayPlugin):
     the memory updated after each experience). The storage policy must be a
     :class:`ResumableReservoirSamplingBuffer` (the default with ``mem_size``).
     """
+
+    #: checked for torchrun: a global memory, the same on every rank (see the module docstring)
+    supports_distributed = True
 
     def __init__(self, mem_size: int = 200, batch_size: Optional[int] = None, batch_size_mem: Optional[int] = None,
                  task_balanced_dataloader: bool = False,
