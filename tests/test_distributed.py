@@ -104,18 +104,19 @@ GLOBAL_MEMORIES = ("er_exp", "agem")
 SHARD_SEEDS = (3, 3, 4)  # the same seed twice, then another
 
 
-def _shard_recorder():
+def _shard_recorder(all_rows: bool = False):
     from avalanche.core import SupervisedPlugin
 
     class Rec(SupervisedPlugin):
-        """The clip ids of every training step, per epoch."""
+        """The clip ids of every training step (current rows, or every row), per epoch."""
 
         def __init__(self):
             super().__init__()
             self.epochs: dict[int, list[int]] = {}
 
         def after_training_iteration(self, strategy, **kw):
-            ids = strategy.mb_clip_id_host[: strategy.mb_n_current].tolist()
+            ids = strategy.mb_clip_id.tolist() if all_rows else \
+                strategy.mb_clip_id_host[: strategy.mb_n_current].tolist()
             self.epochs.setdefault(int(strategy.clock.train_exp_epochs), []).extend(int(i) for i in ids)
 
     return Rec()
@@ -178,6 +179,17 @@ def _two_ranks(ctx, out: Path) -> None:
         strategy.train(stream.train_stream[0])
         torch.save(strategy.plugins[0].state_dict(), out / f"global_{name}_{r}.pt")
         save_checkpoint(out / f"ck_{name}.pt", strategy)
+
+    # er_exp replays through Avalanche's ReplayDataLoader (from the second experience on)
+    recs = [_shard_recorder(all_rows=True), _shard_recorder(all_rows=True)]
+    strategy = _online("er_exp", MEM)
+    strategy.shard_seed = 3
+    for exp, rec, epochs in ((0, recs[0], 1), (1, recs[1], 3)):
+        strategy.plugins.append(rec)
+        strategy.train_epochs = epochs
+        strategy.train(stream.train_stream[exp])
+        strategy.plugins.remove(rec)
+    torch.save([rec.epochs for rec in recs], out / f"replay_shards{r}.pt")
 
     shards = []
     for seed in SHARD_SEEDS:
@@ -440,3 +452,21 @@ def test_each_rank_holds_its_share_of_a_rank_memory_and_all_of_a_global_one():
                for r in range(3)]
         assert got == want, strategy
         assert _rank_mem_size(cfg, DistributedContext()) == 10  # one process: the whole memory
+
+
+def test_er_exp_replay_loader_splits_experience_and_memory_anew_every_epoch(two_ranks):
+    ranks = [torch.load(two_ranks / f"replay_shards{r}.pt", weights_only=True) for r in range(2)]
+    first = set(ranks[0][0][0]) | set(ranks[1][0][0])  # the first experience's clips
+    assert len(first) == 12
+    seen = []
+    for e in range(3):
+        rows = [ranks[r][1][e] for r in range(2)]
+        current = [[c for c in x if c not in first] for x in rows]
+        assert len(current[0]) == len(current[1]) == 6 and not set(current[0]) & set(current[1])
+        # each step: 3 current rows, then 3 memory rows; the memory (6 clips) is split anew for
+        # every pass over it (Avalanche bumps the sampler's epoch when it oversamples)
+        for step in range(2):
+            memory = [set(x[6 * step + 3: 6 * step + 6]) for x in rows]
+            assert memory[0] | memory[1] <= first and len(memory[0] | memory[1]) == MEM  # disjoint halves
+        seen.append((tuple(current[0]), tuple(current[1])))
+    assert len(set(seen)) == 3  # Avalanche's own loader would repeat the same split every epoch

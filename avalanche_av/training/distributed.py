@@ -329,7 +329,11 @@ def sharded_loader(dataset, batch_size: int, *, train: bool, seed: int = 0, num_
 
 
 def set_loader_epoch(loader: Any, epoch: int) -> None:
-    """``set_epoch`` on the loader's ``DistributedSampler`` (a new shuffle per epoch); no-op otherwise."""
+    """``set_epoch`` on the loader's ``DistributedSampler`` (a new shuffle per epoch), or on the
+    loader itself where it has one (the replay loader of ``er_exp``); no-op otherwise."""
+    if callable(getattr(loader, "set_epoch", None)):
+        loader.set_epoch(epoch)
+        return
     sampler = getattr(loader, "sampler", None)
     if isinstance(sampler, DistributedSampler):
         sampler.set_epoch(epoch)

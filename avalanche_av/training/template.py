@@ -441,12 +441,17 @@ class AVPretraining(SupervisedTemplate):
     #: seed of the per-experience data shards under torchrun (the run's seed; same on every rank)
     shard_seed: int = 0
 
+    @property
+    def train_shard_seed(self) -> int:
+        """Seed of this experience's training shards under torchrun: from :attr:`shard_seed` and
+        the experience, the same on every rank (replay loaders of plugins use it too)."""
+        return self.shard_seed * 100_003 + int(getattr(self.experience, "current_experience", 0))
+
     def make_train_dataloader(self, **kwargs):
         """Avalanche's loader in a single process; under torchrun this rank's shuffled shard."""
         if not is_distributed():
             return super().make_train_dataloader(**kwargs)
-        seed = self.shard_seed * 100_003 + int(getattr(self.experience, "current_experience", 0))
-        self.dataloader = sharded_loader(self.adapted_dataset, self.train_mb_size, train=True, seed=seed,
+        self.dataloader = sharded_loader(self.adapted_dataset, self.train_mb_size, train=True, seed=self.train_shard_seed,
                                          device=self.device, **kwargs)
 
     def make_eval_dataloader(self, **kwargs):

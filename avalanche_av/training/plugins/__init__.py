@@ -13,7 +13,7 @@ from .clser import CLSERPlugin
 from .esmer import ESMERPlugin
 from .lump import LUMPPlugin
 from .agem import SSLAGEMPlugin
-from .experience_replay import ResumableReplayPlugin, ResumableReservoirSamplingBuffer
+from .experience_replay import EpochSeededReplayDataLoader, ResumableReplayPlugin, ResumableReservoirSamplingBuffer
 from .distillation import SSLFeatureDistillationPlugin, SSLLFLPlugin, SSLLwFPlugin
 from .regularization import SSLMASPlugin, SSLRWalkPlugin, SSLSynapticIntelligencePlugin
 
@@ -23,6 +23,7 @@ __all__ = [
     "SSLEWCPlugin",
     "ResumableReplayPlugin",
     "ResumableReservoirSamplingBuffer",
+    "EpochSeededReplayDataLoader",
     "OnlineReplayPlugin",
     "ERPlugin",
     "DERPlugin",

@@ -14,7 +14,11 @@ start the next experience with an empty memory. These two thin subclasses change
   offers the whole experience to the reservoir with rank 0's keys (one broadcast per
   experience), so every rank holds the same ``mem_size`` clips, and Avalanche's
   ``ReplayDataLoader`` gives each rank a disjoint part of the memory (and of the experience)
-  per epoch. A checkpoint therefore resumes on any number of ranks.
+  per epoch. A checkpoint therefore resumes on any number of ranks. Avalanche's loader makes
+  its ``DistributedSampler``\ s with seed 0 at epoch 0 every epoch (the same split every
+  epoch and every run); :class:`EpochSeededReplayDataLoader` seeds them with the run's shard
+  seed and the epoch instead, as the other methods' loaders are. In a single process it is
+  Avalanche's loader unchanged.
 * :class:`ResumableReplayPlugin` saves ``origin`` and the keys (a few hundred bytes, no clip data),
   and on resume rebuilds the same buffer, in the same order, from the experiences of the stream
   (``experience.origin_stream``) before the first replayed experience. Replay sampling then
@@ -26,13 +30,47 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+from torch.utils.data import DistributedSampler
 from avalanche.benchmarks.utils import AvalancheDataset
+from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
 from ..distributed import is_distributed
 
-__all__ = ["ResumableReservoirSamplingBuffer", "ResumableReplayPlugin"]
+__all__ = ["ResumableReservoirSamplingBuffer", "ResumableReplayPlugin", "EpochSeededReplayDataLoader"]
+
+
+class EpochSeededReplayDataLoader(ReplayDataLoader):
+    """Avalanche's ``ReplayDataLoader`` whose distributed samplers follow a seed and the epoch.
+
+    Under torchrun each of its datasets (the experience, the memory) is split by a
+    ``DistributedSampler``; Avalanche makes them anew each epoch with seed 0 and epoch 0. Here
+    they get ``seed`` and the epoch of :meth:`set_epoch` (the template calls it before every
+    epoch), so the ranks' parts change every epoch and follow the run's seed. In a single
+    process nothing changes.
+
+    Args:
+        seed: the samplers' seed (the same on every rank).
+        args, kwargs: as ``ReplayDataLoader``.
+    """
+
+    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
+        self.seed = int(seed)
+        self.epoch = 0
+        super().__init__(*args, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def _create_samplers(self, datasets, batch_sizes, distributed_sampling, loader_kwargs):
+        samplers = super()._create_samplers(datasets, batch_sizes, distributed_sampling, loader_kwargs)
+        for batch_sampler in samplers:
+            inner = getattr(batch_sampler, "sampler", None)
+            if isinstance(inner, DistributedSampler):
+                inner.seed = self.seed
+                inner.set_epoch(self.epoch)
+        return samplers
 
 
 class ResumableReservoirSamplingBuffer(ReservoirSamplingBuffer):
@@ -139,5 +177,20 @@ class ResumableReplayPlugin(ReplayPlugin):
                                  "origin_stream")
             self.storage_policy.rebuild(stream, self._pending)
             self._pending = None
-        return super().before_training_exp(strategy, num_workers=num_workers, shuffle=shuffle,
-                                           drop_last=drop_last, **kwargs)
+        if len(self.storage_policy.buffer) == 0:
+            return  # nothing to replay yet: the template's own loader
+        # ReplayPlugin's loader, made with EpochSeededReplayDataLoader (the same in one process)
+        passed = {k: kwargs[k] for k in ("ffcv_args", "persistent_workers") if k in kwargs}
+        strategy.dataloader = EpochSeededReplayDataLoader(
+            strategy.adapted_dataset,
+            self.storage_policy.buffer,
+            oversample_small_tasks=True,
+            batch_size=self.batch_size if self.batch_size is not None else strategy.train_mb_size,
+            batch_size_mem=self.batch_size_mem if self.batch_size_mem is not None else strategy.train_mb_size,
+            task_balanced_dataloader=self.task_balanced_dataloader,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=getattr(strategy, "train_shard_seed", 0),
+            **passed,
+        )
