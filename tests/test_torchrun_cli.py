@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,7 +34,11 @@ def _torchrun(tmp_path: Path, args: list[str]) -> dict[int, str]:
     """Run ``avalanche-av ARGS`` on 2 CPU ranks; each rank's stdout + stderr, by rank."""
     logs = tmp_path / "logs"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [str(TORCHRUN), "--nproc_per_node=2", "--log-dir", str(logs), "--redirects", "3",
+    with socket.socket() as sock:  # a free port, not torchrun's fixed default (29500)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [str(TORCHRUN), "--nproc_per_node=2", "--master_addr=127.0.0.1", f"--master_port={port}",
+           "--log-dir", str(logs), "--redirects", "3",
            "-m", "avalanche_av.cli", *args]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     by_rank: dict[int, str] = {}

@@ -15,7 +15,7 @@ start the next experience with an empty memory. These two thin subclasses change
   experience), so every rank holds the same ``mem_size`` clips, and Avalanche's
   ``ReplayDataLoader`` gives each rank a disjoint part of the memory (and of the experience)
   per epoch. A checkpoint therefore resumes on any number of ranks. Avalanche's loader makes
-  its ``DistributedSampler``\ s with seed 0 at epoch 0 every epoch (the same split every
+  its ``DistributedSampler`` objects with seed 0 at epoch 0 every epoch (the same split every
   epoch and every run); :class:`EpochSeededReplayDataLoader` seeds them with the run's shard
   seed and the epoch instead, as the other methods' loaders are. In a single process it is
   Avalanche's loader unchanged.
