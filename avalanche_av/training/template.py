@@ -451,8 +451,8 @@ class AVPretraining(SupervisedTemplate):
         """Avalanche's loader in a single process; under torchrun this rank's shuffled shard."""
         if not is_distributed():
             return super().make_train_dataloader(**kwargs)
-        self.dataloader = sharded_loader(self.adapted_dataset, self.train_mb_size, train=True, seed=self.train_shard_seed,
-                                         device=self.device, **kwargs)
+        self.dataloader = sharded_loader(self.adapted_dataset, self.train_mb_size, train=True,
+                                         seed=self.train_shard_seed, device=self.device, **kwargs)
 
     def make_eval_dataloader(self, **kwargs):
         """Avalanche's loader in a single process; under torchrun this rank's (padded) shard."""
