@@ -451,7 +451,7 @@ def _run_experiment(cfg: RunConfig, extra_plugins: Optional[list], dist_ctx: Any
     bench = build_benchmark(cfg)
     model = _model_for(cfg, bench)
     plugins = make_plugins(cfg.strategy, mem_size=_rank_mem_size(cfg, dist_ctx), batch_size=cfg.batch_size,
-                           **cfg.strategy_options)
+                           run_seed=cfg.seed, **cfg.strategy_options)
     if cfg.lr_schedule == "warmup-cosine":
         from .training.plugins.schedule import WarmupCosinePlugin  # noqa: PLC0415
 

@@ -31,7 +31,7 @@ def run(seed: int, epochs: int, strategy: str = "finetune") -> dict:
     evaluator = av_evaluator(loggers=[])
     strategy_obj = AVPretraining(model=model, optimizer=default_optimizer(model, lr=1e-3), train_mb_size=32,
                                  train_epochs=epochs, eval_mb_size=64, evaluator=evaluator, device="cpu",
-                                 plugins=make_plugins(strategy, mem_size=64, batch_size=32))
+                                 plugins=make_plugins(strategy, mem_size=64, batch_size=32, run_seed=seed))
     t0 = time.time()
     strategy_obj.train(bench.train_stream[0])
     train_s = time.time() - t0

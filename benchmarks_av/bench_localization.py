@@ -82,7 +82,7 @@ def run_one(method: str, seed: int, args: argparse.Namespace, out: Path, draw: b
     strategy = AVPretraining(
         model=model, optimizer=default_optimizer(model, lr=args.lr), train_mb_size=args.batch_size,
         train_epochs=args.epochs, eval_mb_size=64, device="cpu",
-        plugins=make_plugins(method, mem_size=args.mem_size, batch_size=args.batch_size),
+        plugins=make_plugins(method, mem_size=args.mem_size, batch_size=args.batch_size, run_seed=seed),
         evaluator=EvaluationPlugin(retrieval, loc, *diags, loggers=[]),
     )
     # Before any training: the init row. Untrained maps are not at chance (random features

@@ -191,6 +191,16 @@ def _two_ranks(ctx, out: Path) -> None:
         strategy.plugins.remove(rec)
     torch.save([rec.epochs for rec in recs], out / f"replay_shards{r}.pt")
 
+    # A-GEM's memory sampler over an 8-clip memory: 2 clips per batch and rank, 2 passes
+    from avalanche_av.training.plugins import SeededGroupBalancedInfiniteDataLoader
+
+    memory = stream.train_stream[0].dataset.subset(list(range(8)))
+    samples = []
+    for seed in SHARD_SEEDS:
+        it = iter(SeededGroupBalancedInfiniteDataLoader([memory], batch_size=2, seed=seed))
+        samples.append([next(it)[3].tolist() for _ in range(4)])
+    torch.save(samples, out / f"memory_sampler{r}.pt")
+
     shards = []
     for seed in SHARD_SEEDS:
         rec = _shard_recorder()
@@ -470,3 +480,20 @@ def test_er_exp_replay_loader_splits_experience_and_memory_anew_every_epoch(two_
             assert memory[0] | memory[1] <= first and len(memory[0] | memory[1]) == MEM  # disjoint halves
         seen.append((tuple(current[0]), tuple(current[1])))
     assert len(set(seen)) == 3  # Avalanche's own loader would repeat the same split every epoch
+
+
+def test_agem_memory_sampler_splits_each_pass_between_ranks_and_follows_the_seed(two_ranks):
+    ranks = [torch.load(two_ranks / f"memory_sampler{r}.pt", weights_only=True) for r in range(2)]
+    passes = []
+    for run in range(len(SHARD_SEEDS)):
+        per_pass = []
+        for p in range(2):  # 8 clips, 2 ranks, 2 per batch: a pass is 2 batches per rank
+            a = ranks[0][run][2 * p] + ranks[0][run][2 * p + 1]
+            b = ranks[1][run][2 * p] + ranks[1][run][2 * p + 1]
+            assert len(set(a)) == len(set(b)) == 4 and not set(a) & set(b)  # disjoint halves
+            per_pass.append((tuple(a), tuple(b)))
+        assert sorted(per_pass[0][0] + per_pass[0][1]) == sorted(per_pass[1][0] + per_pass[1][1])  # the memory
+        assert per_pass[0] != per_pass[1]  # each pass splits the memory anew
+        passes.append(per_pass)
+    assert passes[0] == passes[1]  # the same seed: the same samples
+    assert passes[2][0] != passes[0][0]  # another seed: another split (Avalanche's would be seed 0's)

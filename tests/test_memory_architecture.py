@@ -280,3 +280,46 @@ def test_a_stella_memory_does_not_load_into_a_stella_plus_buffer(tiny_stream):
     plus = StellaPlugin(mem_size=4, store_patches=True)
     with pytest.raises(ValueError, match="different method or mode"):
         plus.storage.load_state_dict(stella.storage.state_dict())
+
+
+def _initial_generator_state(plugin) -> torch.Tensor:
+    """The random draws' generator of a method's memory: the reservoir's (online memories) or
+    A-GEM's subset draws."""
+    return plugin.generator.get_state() if hasattr(plugin, "memory_indices") else plugin.storage.generator.get_state()
+
+
+@pytest.mark.parametrize("name", ["er", "der++", "stella", "cls-er", "esmer", "agem"])
+def test_the_run_seed_seeds_a_memory_unless_its_seed_option_is_set(name):
+    def seeded(seed):
+        return torch.Generator().manual_seed(seed).get_state()
+
+    (default,) = make_plugins(name, mem_size=8, batch_size=4)
+    assert torch.equal(_initial_generator_state(default), seeded(0))  # the plugin's own default
+    (from_run,) = make_plugins(name, mem_size=8, batch_size=4, run_seed=5)
+    assert torch.equal(_initial_generator_state(from_run), seeded(5))
+    (own,) = make_plugins(name, mem_size=8, batch_size=4, run_seed=5, seed=2)
+    assert torch.equal(_initial_generator_state(own), seeded(2))  # the user's option wins
+    assert make_plugins("finetune", mem_size=8, batch_size=4, run_seed=5) == []
+    (er_exp,) = make_plugins("er_exp", mem_size=8, batch_size=4, run_seed=5)  # no seed option: global RNG
+    assert er_exp.storage_policy.max_size == 8
+
+
+@pytest.mark.parametrize("name, options", [("er", {}), ("agem", {}), ("agem", {"seed": 9})])
+def test_a_run_seeds_its_memory_with_its_seed(tmp_path, name, options):
+    """``avalanche-av run --seed 3`` gives the memory's generator seed 3 (not the plugin's fixed
+    default), so the memory's random draws differ between the seeds of a comparison."""
+    from avalanche_av.experiment import RunConfig, run_experiment
+
+    class Probe(SupervisedPlugin):
+        state = None
+
+        def before_training(self, strategy, **kwargs):
+            if Probe.state is None:  # before any draw of the first experience
+                Probe.state = _initial_generator_state(strategy.plugins[0])
+
+    cfg = RunConfig(strategy=name, seed=3, n_tasks=1, classes_per_task=2, train_clips_per_class=4,
+                    eval_clips_per_class=2, epochs=1, batch_size=4, mem_size=4, progress=False, csv_log=False,
+                    diagnostics=False, track_clips=0, out_dir=str(tmp_path / "run"), strategy_options=options)
+    run_experiment(cfg, extra_plugins=[Probe()])
+    want = options.get("seed", 3)
+    assert torch.equal(Probe.state, torch.Generator().manual_seed(want).get_state())

@@ -150,7 +150,8 @@ def validate_strategy_options(name: str, options: Dict[str, Any]) -> None:
             )
 
 
-def make_plugins(name: str, *, mem_size: int, batch_size: int, **options) -> List[BasePlugin]:
+def make_plugins(name: str, *, mem_size: int, batch_size: int, run_seed: Optional[int] = None,
+                 **options) -> List[BasePlugin]:
     """Plugins implementing strategy ``name``.
 
     Args:
@@ -158,6 +159,11 @@ def make_plugins(name: str, *, mem_size: int, batch_size: int, **options) -> Lis
         mem_size: replay memory size in clips (must be ``>= 1`` for methods with a memory;
             ignored by the others).
         batch_size: current-batch size; replay methods draw memory batches of the same size.
+        run_seed: the run's seed. A method with a ``seed`` option (the memory's reservoir and
+            sampling generator, A-GEM's subset draws, the EMA teachers' update draws) gets it
+            as that option unless ``options`` set ``seed``, so its random draws change with the
+            run's seed like everything else. ``None`` leaves the option at its default (0).
+            ``avalanche-av run`` passes ``--seed``, the same on every rank under torchrun.
         options: method-specific options (see :func:`strategy_options`).
 
     Raises:
@@ -173,6 +179,8 @@ def make_plugins(name: str, *, mem_size: int, batch_size: int, **options) -> Lis
     if spec.plugin_cls is None:
         return []
     kwargs = {**spec.preset, **options}
+    if run_seed is not None and "seed" not in kwargs and "seed" in spec.options():
+        kwargs["seed"] = int(run_seed)
     if spec.uses_memory:
         kwargs.update(mem_size=mem_size, batch_size_mem=batch_size)
     return [spec.plugin_cls(**kwargs)]

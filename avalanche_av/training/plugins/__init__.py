@@ -13,7 +13,8 @@ from .clser import CLSERPlugin
 from .esmer import ESMERPlugin
 from .lump import LUMPPlugin
 from .agem import SSLAGEMPlugin
-from .experience_replay import EpochSeededReplayDataLoader, ResumableReplayPlugin, ResumableReservoirSamplingBuffer
+from .experience_replay import ResumableReplayPlugin, ResumableReservoirSamplingBuffer
+from .seeded_loaders import EpochSeededReplayDataLoader, SeededGroupBalancedInfiniteDataLoader
 from .distillation import SSLFeatureDistillationPlugin, SSLLFLPlugin, SSLLwFPlugin
 from .regularization import SSLMASPlugin, SSLRWalkPlugin, SSLSynapticIntelligencePlugin
 
@@ -24,6 +25,7 @@ __all__ = [
     "ResumableReplayPlugin",
     "ResumableReservoirSamplingBuffer",
     "EpochSeededReplayDataLoader",
+    "SeededGroupBalancedInfiniteDataLoader",
     "OnlineReplayPlugin",
     "ERPlugin",
     "DERPlugin",

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import List, Optional
 
 import torch
-from avalanche.benchmarks.utils.data_loader import GroupBalancedInfiniteDataLoader
 from avalanche.training.plugins import AGEMPlugin
 
 from ..template import require_av_template
 from .clip_batches import clip_fields
+from .seeded_loaders import SeededGroupBalancedInfiniteDataLoader
 
 __all__ = ["SSLAGEMPlugin"]
 
@@ -48,7 +48,9 @@ class SSLAGEMPlugin(AGEMPlugin):
     Under torchrun the memory is global (``memory_scope="global"`` in the registry): every rank
     draws the same subset of the whole experience (the generator is seeded alike on every rank)
     and Avalanche's distributed sampler gives each rank a disjoint part of it per memory
-    sample; the projection uses the rank's own ``g_ref`` before the gradients are averaged. A
+    sample (:class:`~avalanche_av.training.plugins.seeded_loaders.SeededGroupBalancedInfiniteDataLoader`:
+    the samplers start from ``seed`` and the number of experiences in memory, not from
+    Avalanche's fixed seed 0, so the split follows the run); the projection uses the rank's own ``g_ref`` before the gradients are averaged. A
     checkpoint therefore resumes on any number of ranks.
 
     Args:
@@ -58,7 +60,9 @@ class SSLAGEMPlugin(AGEMPlugin):
             Avalanche gives no defaults, nor does the paper (no A-GEM row in its Table 5).
         mem_size: total memory in clips (see above).
         batch_size_mem: the default ``sample_size`` (the registry passes the current batch size).
-        seed: seed of the memory subset draws.
+        seed: seed of the memory subset draws and, under torchrun, of the memory sampler's split
+            between the ranks. ``avalanche-av run`` passes the run's ``--seed`` unless the option
+            is set (see :func:`~avalanche_av.training.make_plugins`).
 
     Raises:
         ValueError: an option out of range, or neither ``patterns_per_experience`` nor
@@ -94,7 +98,8 @@ class SSLAGEMPlugin(AGEMPlugin):
         super().__init__(patterns_per_experience or 0, sample)
         self.fixed_patterns = patterns_per_experience
         self.total_mem_size = mem_size
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
         #: per memorised experience: (its index in the origin stream, the dataset indices kept)
         self.memory_indices: List[tuple] = []
         self._pending_state: Optional[dict] = None
@@ -170,9 +175,10 @@ class SSLAGEMPlugin(AGEMPlugin):
                 f"{type(self).__name__}: sample_size={self.sample_size} is smaller than the {len(self.buffers)} "
                 "experiences in memory; raise sample_size"
             )
-        self.buffer_dataloader = GroupBalancedInfiniteDataLoader(
+        # A new sampler seed per memory rebuild: each experience's memory is split anew.
+        self.buffer_dataloader = SeededGroupBalancedInfiniteDataLoader(
             self.buffers, batch_size=per_group, num_workers=num_workers, pin_memory=False,
-            persistent_workers=num_workers > 0,
+            persistent_workers=num_workers > 0, seed=self.seed * 100_003 + len(self.buffers),
         )
         self.buffer_dliter = iter(self.buffer_dataloader)
 

@@ -30,47 +30,14 @@ from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import DistributedSampler
 from avalanche.benchmarks.utils import AvalancheDataset
-from avalanche.benchmarks.utils.data_loader import ReplayDataLoader
 from avalanche.training.plugins import ReplayPlugin
 from avalanche.training.storage_policy import ReservoirSamplingBuffer
 
 from ..distributed import is_distributed
+from .seeded_loaders import EpochSeededReplayDataLoader
 
-__all__ = ["ResumableReservoirSamplingBuffer", "ResumableReplayPlugin", "EpochSeededReplayDataLoader"]
-
-
-class EpochSeededReplayDataLoader(ReplayDataLoader):
-    """Avalanche's ``ReplayDataLoader`` whose distributed samplers follow a seed and the epoch.
-
-    Under torchrun each of its datasets (the experience, the memory) is split by a
-    ``DistributedSampler``; Avalanche makes them anew each epoch with seed 0 and epoch 0. Here
-    they get ``seed`` and the epoch of :meth:`set_epoch` (the template calls it before every
-    epoch), so the ranks' parts change every epoch and follow the run's seed. In a single
-    process nothing changes.
-
-    Args:
-        seed: the samplers' seed (the same on every rank).
-        args, kwargs: as ``ReplayDataLoader``.
-    """
-
-    def __init__(self, *args: Any, seed: int = 0, **kwargs: Any) -> None:
-        self.seed = int(seed)
-        self.epoch = 0
-        super().__init__(*args, **kwargs)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def _create_samplers(self, datasets, batch_sizes, distributed_sampling, loader_kwargs):
-        samplers = super()._create_samplers(datasets, batch_sizes, distributed_sampling, loader_kwargs)
-        for batch_sampler in samplers:
-            inner = getattr(batch_sampler, "sampler", None)
-            if isinstance(inner, DistributedSampler):
-                inner.seed = self.seed
-                inner.set_epoch(self.epoch)
-        return samplers
+__all__ = ["ResumableReservoirSamplingBuffer", "ResumableReplayPlugin"]
 
 
 class ResumableReservoirSamplingBuffer(ReservoirSamplingBuffer):
