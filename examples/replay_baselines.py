@@ -14,16 +14,17 @@ from avalanche_av.evaluation import av_evaluator, get_retrieval_metrics
 from avalanche_av.models import create_model
 from avalanche_av.training import AVPretraining, default_optimizer, make_plugins
 
-bench = sounding_objects(seed=0, n_tasks=2, classes_per_task=2, train_clips_per_class=32, eval_clips_per_class=8)
+SEED = 0  # the run's seed: the data, the initialisation and (run_seed) each memory's draws
+bench = sounding_objects(seed=SEED, n_tasks=2, classes_per_task=2, train_clips_per_class=32, eval_clips_per_class=8)
 
 
 def run(name: str, extra=(), **options):
     """Train ``name`` over the stream, evaluating after each experience; returns (plugin, metrics).
     ``extra``: more plugins (after the method's own)."""
-    torch.manual_seed(0)
+    torch.manual_seed(SEED)
     model = create_model("tiny")
     evaluator = av_evaluator(loggers=[])
-    plugins = make_plugins(name, mem_size=32, batch_size=8, **options)
+    plugins = make_plugins(name, mem_size=32, batch_size=8, run_seed=SEED, **options)
     strategy = AVPretraining(model=model, optimizer=default_optimizer(model, lr=1e-3), train_mb_size=8,
                              train_epochs=2, device="cpu", plugins=plugins + list(extra), evaluator=evaluator)
     train_s = 0.0
