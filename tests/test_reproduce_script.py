@@ -55,3 +55,27 @@ def test_report_keeps_the_commands_of_earlier_invocations(reproduce, tmp_path):
     text = (tmp_path / "REPORT.md").read_text()
     assert "compare --strategies er" in text and "chunk_size=2" in text
     assert text.index("started t1") < text.index("started t2")
+
+
+def test_verdict_stats_on_planted_reports(tmp_path, capsys):
+    """Means, sds, Welch p (by hand: two 3-value samples with equal sds) and the seed count."""
+    spec = importlib.util.spec_from_file_location("verdict_stats", ROOT / "benchmarks_av" / "verdict_stats.py")
+    vs = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(vs)
+    old = _compare_json(tmp_path / "old.json", {"a": [(1.0, 0.0), (2.0, 0.0), (3.0, 0.0)],
+                                                "b": [(4.0, 1.0), (5.0, 1.0), (6.0, 1.0)]})
+    new = _compare_json(tmp_path / "new.json", {"a": [(7.0, 0.0), (8.0, 0.0), (9.0, 0.0)],
+                                                "b": [(4.0, 1.0), (5.0, 1.0), (6.0, 1.0)]})
+    report = json.loads(old.read_text())
+    assert vs.per_seed(report, "a", "a2v", "A") == {0: 1.0, 1: 2.0, 2: 3.0}
+    # means 2 and 5, sd 1 each: t = 3 / sqrt(2/3) = 3.674 on 4 df, two-sided p = 0.02131
+    assert vs.welch([1, 2, 3], [4, 5, 6]) == pytest.approx(0.02131, abs=1e-4)
+    out = tmp_path / "stats.md"
+    vs.main([str(old), str(new), "--label", "old,new", "--pair", "a,b", "--out", str(out)])
+    text = out.read_text()
+    assert "| a | 2.00 ± 1.00 (1.00, 2.00, 3.00) | 8.00 ± 1.00 (7.00, 8.00, 9.00) |" in text
+    assert "- old: a − b = -3.00, Welch p = 0.021, a above in 0/3 seeds" in text
+    assert "- new: a − b = +3.00, Welch p = 0.021, a above in 3/3 seeds" in text
+    assert "- a: new − old = +6.00" in text and text.startswith("Command: `python benchmarks_av/verdict_stats.py")
+    with pytest.raises(SystemExit):
+        vs.main([str(old), "--label", "x,y"])
