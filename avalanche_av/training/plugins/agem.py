@@ -50,8 +50,9 @@ class SSLAGEMPlugin(AGEMPlugin):
     and Avalanche's distributed sampler gives each rank a disjoint part of it per memory
     sample (:class:`~avalanche_av.training.plugins.seeded_loaders.SeededGroupBalancedInfiniteDataLoader`:
     the samplers start from ``seed`` and the number of experiences in memory, not from
-    Avalanche's fixed seed 0, so the split follows the run); the projection uses the rank's own ``g_ref`` before the gradients are averaged. A
-    checkpoint therefore resumes on any number of ranks.
+    Avalanche's fixed seed 0, so the split follows the run); the projection uses the rank's own
+    ``g_ref`` before the gradients are averaged. A checkpoint therefore resumes on any number of
+    ranks.
 
     Args:
         patterns_per_experience: clips kept per experience (``>= 1``); ``None`` derives it from
