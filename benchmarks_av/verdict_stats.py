@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -95,7 +96,15 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     if len(a.reports) > 2:
         ap.error("give one or two compare.json files")
-    reports = [json.loads(Path(p).read_text()) for p in a.reports]
+    reports = []
+    for path in a.reports:
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            ap.error(f"{path}: cannot read a compare.json ({type(e).__name__}: {e})")
+        if not isinstance(report, dict) or "runs" not in report or "strategies" not in report:
+            ap.error(f"{path}: not a compare.json written by avalanche-av compare (no 'runs'/'strategies')")
+        reports.append(report)
     labels = a.label.split(",") if a.label else [str(p) for p in a.reports]
     if len(labels) != len(reports):
         ap.error("--label needs one label per report")
@@ -106,7 +115,8 @@ def main(argv=None) -> None:
     print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(f"Command: `python benchmarks_av/verdict_stats.py {' '.join(argv or __import__('sys').argv[1:])}`\n\n" + text + "\n")
+        args = " ".join(argv if argv is not None else sys.argv[1:])
+        Path(a.out).write_text(f"Command: `python benchmarks_av/verdict_stats.py {args}`\n\n" + text + "\n")
 
 
 if __name__ == "__main__":

@@ -79,3 +79,7 @@ def test_verdict_stats_on_planted_reports(tmp_path, capsys):
     assert "- a: new − old = +6.00" in text and text.startswith("Command: `python benchmarks_av/verdict_stats.py")
     with pytest.raises(SystemExit):
         vs.main([str(old), "--label", "x,y"])
+    for bad in (tmp_path / "missing.json", out):  # no file; a file that is not a compare.json
+        with pytest.raises(SystemExit) as exc:
+            vs.main([str(bad)])
+        assert exc.value.code == 2 and str(bad) in capsys.readouterr().err
